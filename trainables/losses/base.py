@@ -1,0 +1,175 @@
+"""The loss interface and the Criterion that sums weighted parts.
+
+A ``DistillLoss`` returns *unweighted* named parts; the ``Criterion`` owns every
+weight: ``weight(part) = term weight × term schedule(epoch) × part coefficient``,
+except for the parts a loss declares unscheduled (WKD-L's target term L_t is
+never decayed, methods.md §3/§6). Schedules are pure functions of the epoch, so
+resuming needs no schedule state; loss *state* (GKL's class prior, WKD-F's
+projector, the WKD cost matrix) lives in the modules as parameters and buffers,
+so ``state_dict()`` and the optimizer pick it up with no special cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from trainables.schedules import Schedule
+from trainables.types import EpochInfo, ModelOutputs
+
+
+class DistillLoss(nn.Module):
+    """Base class of every loss term.
+
+    Subclasses set ``name`` (the registry key), ``Params`` (a frozen dataclass whose
+    defaults cite their source) and implement ``forward`` returning a dict of
+    unweighted parts. Keys listed in ``diagnostic_keys`` are reported, never summed.
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = object
+    unscheduled_parts: ClassVar[frozenset[str]] = frozenset()
+    diagnostic_keys: ClassVar[frozenset[str]] = frozenset()
+    #: temperature used for the alignment diagnostics of methods.md §6 (None: not a logit loss)
+    temperature: float | None = None
+
+    def __init__(self, params: Any) -> None:
+        super().__init__()
+        self.params = params
+
+    # -- the interface -------------------------------------------------------------
+    def coefficients(self) -> dict[str, float]:
+        """Fixed coefficient of each summed part (e.g. DKD's α and β)."""
+        raise NotImplementedError
+
+    def forward(  # type: ignore[override]
+        self, student: ModelOutputs, teacher: ModelOutputs, target: Tensor
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def setup(self, student: ModelOutputs, teacher: ModelOutputs, num_classes: int) -> None:
+        """Called once with a sample batch before the optimizer is built (lazy shapes)."""
+
+    def on_epoch_start(self, info: EpochInfo) -> None:
+        """Called before the first batch of every epoch."""
+
+    def on_batch_end(self, student: ModelOutputs, teacher: ModelOutputs, target: Tensor) -> None:
+        """Called after every training batch (under no_grad)."""
+
+    def on_epoch_end(self, info: EpochInfo) -> None:
+        """Called after the last training batch of every epoch (before the checkpoint)."""
+
+    def describe(self) -> str:
+        return f"{self.name}({_params_str(self.params)})"
+
+
+def _params_str(params: Any) -> str:
+    if params is None or not hasattr(params, "__dataclass_fields__"):
+        return ""
+    keep = []
+    for f in fields(params):
+        v = getattr(params, f.name)
+        if isinstance(v, float | int | str | bool):
+            keep.append(f"{f.name}={v:g}" if isinstance(v, float) else f"{f.name}={v}")
+    return ",".join(keep)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One weighted loss of the Criterion."""
+
+    name: str
+    loss: DistillLoss
+    weight: float
+    schedule: Schedule
+
+
+@dataclass
+class CriterionOutput:
+    total: Tensor
+    #: weighted parts "term/part" -> tensor (what was summed)
+    parts: dict[str, Tensor]
+    #: unweighted diagnostics "term/key" -> tensor
+    diagnostics: dict[str, Tensor]
+    #: the schedule weight of each term at this epoch ("weight/<term>")
+    weights: dict[str, float]
+
+
+class Criterion(nn.Module):
+    """Σ_terms weight · schedule(epoch) · Σ_parts coefficient · part."""
+
+    def __init__(self, terms: list[Term]) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("a Criterion needs at least one loss term")
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate loss term names: {names}")
+        self.terms = list(terms)
+        # registered so that .to(device), state_dict() and parameters() see loss state
+        self.losses = nn.ModuleDict({t.name: t.loss for t in terms})
+
+    def term_weights(self, info: EpochInfo) -> dict[str, float]:
+        return {t.name: t.weight * t.schedule(info) for t in self.terms}
+
+    def forward(  # type: ignore[override]
+        self, student: ModelOutputs, teacher: ModelOutputs, target: Tensor, info: EpochInfo
+    ) -> CriterionOutput:
+        weights = self.term_weights(info)
+        total: Tensor | None = None
+        parts: dict[str, Tensor] = {}
+        diags: dict[str, Tensor] = {}
+        for term in self.terms:
+            raw = term.loss(student, teacher, target)
+            coef = term.loss.coefficients()
+            for key, value in raw.items():
+                if key in term.loss.diagnostic_keys:
+                    diags[f"{term.name}/{key}"] = value.detach()
+                    continue
+                if key not in coef:
+                    raise KeyError(f"loss {term.name!r} returned part {key!r} with no coefficient")
+                if key in term.loss.unscheduled_parts:
+                    w = term.weight * coef[key]  # e.g. WKD-L's L_t: never decayed
+                else:
+                    w = weights[term.name] * coef[key]
+                weighted = value * w
+                parts[f"{term.name}/{key}"] = weighted
+                total = weighted if total is None else total + weighted
+        assert total is not None
+        return CriterionOutput(total, parts, diags, weights)
+
+    # hooks fan out to every loss
+    def setup(self, student: ModelOutputs, teacher: ModelOutputs, num_classes: int) -> None:
+        for t in self.terms:
+            t.loss.setup(student, teacher, num_classes)
+
+    def on_epoch_start(self, info: EpochInfo) -> None:
+        for t in self.terms:
+            t.loss.on_epoch_start(info)
+
+    @torch.no_grad()
+    def on_batch_end(self, student: ModelOutputs, teacher: ModelOutputs, target: Tensor) -> None:
+        for t in self.terms:
+            t.loss.on_batch_end(student, teacher, target)
+
+    def on_epoch_end(self, info: EpochInfo) -> None:
+        for t in self.terms:
+            t.loss.on_epoch_end(info)
+
+    def describe(self) -> str:
+        """A readable formula, e.g. ``1*ce + 600*ramp_down[cosine](0.625->1)*wkd_l(...)``."""
+        out = []
+        for t in self.terms:
+            sched = "" if t.schedule.kind == "constant" else f"{t.schedule.describe()}*"
+            out.append(f"{t.weight:g}*{sched}{t.loss.describe()}")
+        return " + ".join(out)
+
+    def kl_temperature(self) -> float:
+        """Temperature of the alignment diagnostics: the first logit loss's, else 1."""
+        for t in self.terms:
+            if t.loss.temperature is not None:
+                return float(t.loss.temperature)
+        return 1.0

@@ -1,0 +1,183 @@
+"""Pure weight schedules of the epoch (methods.md §6).
+
+Every position is a *fraction of the planned epochs* ``x = e / E`` so that one
+configuration serves 12 or 240 epochs, and a trial stopped early by a scheduler
+sees exactly the schedule of a full one. A schedule holds no state: resuming from
+a checkpoint needs nothing but the epoch.
+
+The family (methods.md §6):
+
+- a ramp ``r(x; shape, a, b)`` rises from 0 at ``x <= a`` to 1 at ``x >= b`` with
+  ``t = clip((x - a) / (b - a), 0, 1)``: ``linear`` t, ``cosine`` ½(1 − cos πt),
+  ``sigmoid`` (sharpness k, rescaled to be exactly 0 at a and 1 at b), ``step``
+  1[t ≥ ½], ``exponential`` (e^{kt} − 1)/(e^k − 1);
+- ``ramp_up``: r(x); ``ramp_down``: 1 − r(x); ``constant``: 1.
+
+Published schedules as exact members (checked in tests/test_schedules.py):
+
+- DKD / GKL warm-up ``min(e/20, 1)`` over 240 epochs = ramp_up linear on [0, 20/240];
+- WKD-L's ``γ0`` until E_d = 150 then cosine to 0 = ramp_down cosine on [150/240, 1];
+- WKL's KL ramp ``sin²(π e / 2E)`` = ramp_up cosine on [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from trainables.types import EpochInfo
+
+SHAPES: tuple[str, ...] = ("linear", "cosine", "sigmoid", "step", "exponential")
+KINDS: tuple[str, ...] = ("constant", "ramp_up", "ramp_down")
+
+
+def ramp(x: float, shape: str, start: float, end: float, sharpness: float = 10.0) -> float:
+    """r(x; shape, a, b) of methods.md §6: 0 for x <= start, 1 for x >= end.
+
+    ``sharpness`` is the k of the sigmoid and exponential shapes (ignored by the
+    others). ``start == end`` is a hard switch at that point (a step).
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"unknown ramp shape {shape!r}; allowed: {', '.join(SHAPES)}")
+    if end < start:
+        raise ValueError(f"ramp window end {end} is before its start {start}")
+    if end == start:
+        return 1.0 if x >= end else 0.0
+    t = min(max((x - start) / (end - start), 0.0), 1.0)
+    if shape == "linear":
+        return t
+    if shape == "cosine":
+        return 0.5 * (1.0 - math.cos(math.pi * t))
+    if shape == "step":
+        return 1.0 if t >= 0.5 else 0.0
+    if shape == "exponential":
+        k = sharpness
+        if abs(k) < 1e-12:  # the limit k -> 0 is linear
+            return t
+        return math.expm1(k * t) / math.expm1(k)
+    # sigmoid centred on the window, rescaled so that r(a) = 0 and r(b) = 1 exactly
+    k = sharpness
+
+    def sig(u: float) -> float:
+        return 1.0 / (1.0 + math.exp(-k * (u - 0.5)))
+
+    lo, hi = sig(0.0), sig(1.0)
+    return (sig(t) - lo) / (hi - lo)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A weight multiplier as a pure function of the epoch.
+
+    ``kind``: ``constant`` (1), ``ramp_up`` (r), ``ramp_down`` (1 − r).
+    ``start``/``end`` are fractions of the planned epochs.
+    """
+
+    kind: str = "constant"
+    shape: str = "cosine"
+    start: float = 0.0
+    end: float = 1.0
+    sharpness: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"schedule kind {self.kind!r} is not allowed; allowed: {KINDS}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"schedule shape {self.shape!r} is not allowed; allowed: {SHAPES}")
+        if not (0.0 <= self.start <= self.end <= 1.0):
+            raise ValueError(
+                f"schedule window must satisfy 0 <= start <= end <= 1 (fractions of the planned "
+                f"epochs), got start={self.start}, end={self.end}"
+            )
+        if self.shape in ("sigmoid", "exponential") and self.sharpness <= 0:
+            raise ValueError(f"schedule sharpness must be > 0, got {self.sharpness}")
+
+    def __call__(self, info: EpochInfo) -> float:
+        return self.at(info.fraction)
+
+    def at(self, x: float) -> float:
+        if self.kind == "constant":
+            return 1.0
+        r = ramp(x, self.shape, self.start, self.end, self.sharpness)
+        return r if self.kind == "ramp_up" else 1.0 - r
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Schedule:
+        return cls(**(d or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        if self.kind == "constant":
+            return "1"
+        extra = f",k={self.sharpness:g}" if self.shape in ("sigmoid", "exponential") else ""
+        return f"{self.kind}[{self.shape}{extra}]({self.start:g}->{self.end:g})"
+
+
+def warmup(epochs: float, of_epochs: float) -> Schedule:
+    """The published linear warm-up ``min(e / epochs, 1)`` for a recipe of ``of_epochs``."""
+    return Schedule(kind="ramp_up", shape="linear", start=0.0, end=epochs / of_epochs)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The W -> KL hand-off of WKL (methods.md §6).
+
+    ``complementary``: one ramp for both sides, ``r`` on the window centred at
+    ``center`` (the transition epoch, as a fraction) with ``width``; the W side
+    gets 1 − r and the KL side r.
+    ``independent``: each side has its own shape and window (``w_*`` and ``kl_*``).
+    The reference WKL is independent with W cosine on [0.625, 1] and KL cosine on [0, 1].
+    """
+
+    mode: str = "independent"
+    w_term: str = "wkd_l"
+    kl_term: str = "kl"
+    # complementary mode
+    shape: str = "cosine"
+    center: float = 0.5
+    width: float = 1.0
+    sharpness: float = 10.0
+    # independent mode (defaults: the published WKL schedule)
+    w_shape: str = "cosine"
+    w_start: float = 0.625
+    w_end: float = 1.0
+    w_sharpness: float = 10.0
+    kl_shape: str = "cosine"
+    kl_start: float = 0.0
+    kl_end: float = 1.0
+    kl_sharpness: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("complementary", "independent"):
+            raise ValueError(
+                f"handoff mode {self.mode!r} is not allowed; allowed: complementary, independent"
+            )
+        if self.mode == "complementary" and self.width <= 0:
+            raise ValueError(f"handoff width must be > 0, got {self.width}")
+        # building both schedules validates shapes and windows
+        self.schedules()
+
+    def window(self) -> tuple[float, float]:
+        """The complementary window, clipped to [0, 1]."""
+        lo = min(max(self.center - self.width / 2, 0.0), 1.0)
+        hi = min(max(self.center + self.width / 2, 0.0), 1.0)
+        return lo, hi
+
+    def schedules(self) -> tuple[Schedule, Schedule]:
+        """(W-side schedule, KL-side schedule)."""
+        if self.mode == "complementary":
+            lo, hi = self.window()
+            w = Schedule("ramp_down", self.shape, lo, hi, self.sharpness)
+            kl = Schedule("ramp_up", self.shape, lo, hi, self.sharpness)
+            return w, kl
+        w = Schedule("ramp_down", self.w_shape, self.w_start, self.w_end, self.w_sharpness)
+        kl = Schedule("ramp_up", self.kl_shape, self.kl_start, self.kl_end, self.kl_sharpness)
+        return w, kl
+
+    def earliest_change(self) -> float:
+        """The first fraction of training at which either weight leaves its start value."""
+        w, kl = self.schedules()
+        return min(w.start, kl.start)
