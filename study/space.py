@@ -1,0 +1,191 @@
+"""Compile a study's search section into Optuna / Ray Tune objects.
+
+- ``define_by_run(spec)``: an Optuna define-by-run function (conditional ``when``
+  entries need it); names stay dotted (``losses.wkd_l.sinkhorn_reg``), which Ray
+  does not nest (only ``/`` nests), and the trainable applies them as overrides.
+- ``grid_points(spec)``: the full grid (conditional parameters dropped where
+  inactive, duplicates removed).
+- ``build_searcher`` / ``build_scheduler``: the Ray objects. Trials that a
+  scheduler stops early reach Optuna as PRUNED with their intermediate values
+  (``FidelityAwareOptunaSearch``), not as COMPLETE with a low-budget score
+  (Ray's default).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from study.spec import Param, StudySpec, active_params, condition_holds
+
+
+def define_by_run(spec: StudySpec) -> Callable[[Any], None]:
+    params = list(spec.search)
+    trial_cfg = spec.trial
+
+    def space(trial: Any) -> None:
+        chosen: dict[str, Any] = {}
+        for p in params:
+            if not condition_holds(p, chosen, trial_cfg):
+                continue
+            chosen[p.name] = suggest(trial, p)
+
+    return space
+
+
+def suggest(trial: Any, p: Param) -> Any:
+    if p.type == "categorical":
+        return trial.suggest_categorical(p.name, list(p.values))
+    if p.type == "int":
+        step = int(p.step) if p.step else 1
+        return trial.suggest_int(p.name, int(p.low), int(p.high), step=step, log=p.log)  # type: ignore[arg-type]
+    return trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)  # type: ignore[arg-type]
+
+
+def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+    names = [p.name for p in spec.search]
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*(p.grid_values() for p in spec.search)):
+        flat = active_params(spec, dict(zip(names, combo, strict=True)))
+        key = repr(sorted(flat.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(flat)
+    return out
+
+
+def startup_trials(spec: StudySpec) -> int:
+    """TPE's random start-up sized to the budget: a third of the samples, 2..10."""
+    if spec.searcher.startup_trials is not None:
+        return spec.searcher.startup_trials
+    return int(min(10, max(2, spec.samples // 3)))
+
+
+def trial_count(spec: StudySpec) -> int:
+    if spec.searcher.kind == "grid":
+        return len(grid_points(spec))
+    return spec.samples
+
+
+def build_sampler(spec: StudySpec) -> Any:
+    import optuna
+
+    s = spec.searcher
+    if s.kind == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    return optuna.samplers.TPESampler(
+        seed=s.seed,
+        n_startup_trials=startup_trials(spec),
+        multivariate=s.multivariate,
+        constant_liar=True,  # several trials run at once: don't propose the same point twice
+    )
+
+
+def build_searcher(spec: StudySpec, full_budget: int) -> Any:
+    """The Tune search algorithm (None for grid and PBT: the variant generator is used)."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.optuna.optuna_search import OptunaTrialState
+
+    if spec.searcher.kind == "grid" or spec.scheduler.kind == "pbt":
+        return None
+
+    class FidelityAwareOptunaSearch(OptunaSearch):
+        """OptunaSearch that tells a trial stopped before ``full_budget`` epochs as PRUNED.
+
+        Its intermediate values were already reported step by step
+        (``on_trial_result``), so TPE ranks it by the budget it reached, below
+        complete trials, instead of taking a low-budget score as a final result.
+        """
+
+        def on_trial_complete(
+            self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+        ) -> None:
+            if (
+                not error
+                and result
+                and trial_id in self._ot_trials
+                and trial_id not in self._completed_trials
+                and int(result.get("training_iteration", full_budget)) < full_budget
+            ):
+                self._ot_study.tell(self._ot_trials[trial_id], None, state=OptunaTrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    searcher = FidelityAwareOptunaSearch(
+        space=define_by_run(spec),
+        metric=spec.objective.reported_metric,
+        mode=spec.objective.mode,
+        sampler=build_sampler(spec),
+        points_to_evaluate=[dict(p) for p in spec.points] or None,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
+
+
+def build_scheduler(spec: StudySpec, epochs: int) -> Any:
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        MedianStoppingRule,
+        PopulationBasedTraining,
+    )
+
+    s = spec.scheduler
+    metric, mode = spec.objective.reported_metric, spec.objective.mode
+    if s.kind == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=epochs,
+            grace_period=s.grace_epochs(epochs),
+            reduction_factor=s.reduction_factor,
+            metric=metric,
+            mode=mode,
+        )
+    if s.kind == "median":
+        return MedianStoppingRule(
+            time_attr="training_iteration",
+            grace_period=s.grace_epochs(epochs),
+            min_samples_required=s.min_samples_required,
+            metric=metric,
+            mode=mode,
+        )
+    if s.kind == "pbt":
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=max(1, round(s.perturbation_interval * epochs)),
+            hyperparam_mutations=pbt_mutations(spec),
+            metric=metric,
+            mode=mode,
+            synch=False,  # async PBT (platform.md: synch + few checkpoints hung)
+        )
+    return FIFOScheduler()
+
+
+def pbt_mutations(spec: StudySpec) -> dict[str, Any]:
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for p in spec.search:
+        if p.type == "categorical":
+            out[p.name] = list(p.values)
+        elif p.type == "int":
+            out[p.name] = tune.randint(int(p.low), int(p.high) + 1)  # type: ignore[arg-type]
+        elif p.log:
+            out[p.name] = tune.loguniform(p.low, p.high)
+        else:
+            out[p.name] = tune.uniform(p.low, p.high)
+    return out
+
+
+def param_space(spec: StudySpec) -> dict[str, Any]:
+    """The Tuner's param_space for the searcher-less cases (grid, PBT)."""
+    from ray import tune
+
+    if spec.searcher.kind == "grid":
+        return {"point": tune.grid_search(grid_points(spec))}
+    if spec.scheduler.kind == "pbt":
+        return pbt_mutations(spec)
+    return {}

@@ -1,0 +1,616 @@
+"""The study YAML: schema, ``extends:``, and validation with one-line errors.
+
+A study file is data only (``yaml.safe_load``). Sections:
+
+- ``trial``: the fixed trial config (``trainables.config.TrialConfig`` as a mapping);
+- ``search``: searched parameters by dotted path into ``trial``
+  (``{type: float|int|categorical, low, high, log, step, values, grid, when}``);
+- ``points``: configurations to evaluate first (published references), by the
+  same dotted names;
+- ``objective``: ``{metric, mode, use: best|last}``;
+- ``searcher``: ``{kind: tpe|random|grid, seed, startup_trials, multivariate}``;
+- ``scheduler``: ``{kind: fifo|asha|pbt|median, grace_period, reduction_factor, ...}``
+  with epoch positions as fractions of the planned epochs;
+- ``samples``, ``concurrency``, ``resources: {cpu, gpu}``, ``seeds``,
+  ``baselines: {name: {losses: ..., handoff: ..., <other trial keys>}}``,
+  ``failure: {max_failures}``, ``checkpoints: {num_to_keep}``;
+- ``extends: other.yaml`` (relative to this file): deep-merged under this file;
+  ``null`` deletes an inherited entry of ``search``, ``points`` or ``baselines``.
+
+Every error is a ``SpecError`` whose message is one line:
+``<file>: <key path>: <what is wrong> (<what is allowed>)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.config import ConfigError, TrialConfig, get_path, with_overrides
+from trainables.schedules import Schedule
+
+TOP_KEYS = (
+    "name",
+    "description",
+    "extends",
+    "trial",
+    "search",
+    "points",
+    "objective",
+    "searcher",
+    "scheduler",
+    "samples",
+    "concurrency",
+    "resources",
+    "seeds",
+    "baselines",
+    "failure",
+    "checkpoints",
+)
+SEARCHERS = ("tpe", "random", "grid")
+SCHEDULERS = ("fifo", "asha", "pbt", "median")
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+class SpecError(ValueError):
+    """One line: file, key path, the bad value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # dotted path into the trial config
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    values: tuple[Any, ...] = ()
+    grid: tuple[Any, ...] = ()
+    when: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "categorical":
+            return value in self.values
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.type == "int" and not float(value).is_integer():
+            return False
+        assert self.low is not None and self.high is not None
+        return self.low <= value <= self.high
+
+    def grid_values(self) -> tuple[Any, ...]:
+        if self.grid:
+            return self.grid
+        if self.type == "categorical":
+            return self.values
+        if self.type == "int" and self.step:
+            assert self.low is not None and self.high is not None
+            return tuple(range(int(self.low), int(self.high) + 1, int(self.step)))
+        return ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type}
+        for k in ("low", "high", "step"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.log:
+            d["log"] = True
+        if self.values:
+            d["values"] = list(self.values)
+        if self.grid:
+            d["grid"] = list(self.grid)
+        if self.when:
+            d["when"] = {k: list(v) for k, v in self.when.items()}
+        return d
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "val/top1"
+    mode: str = "max"
+    use: str = "best"  # best: the best epoch's value (published trainers); last: final epoch
+
+    @property
+    def reported_metric(self) -> str:
+        return f"{self.metric}_best" if self.use == "best" else self.metric
+
+
+@dataclass(frozen=True)
+class SearcherSpec:
+    kind: str = "tpe"
+    seed: int = 0
+    startup_trials: int | None = None  # None: sized to the budget (samples // 3, 2..10)
+    multivariate: bool = True
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    kind: str = "asha"
+    grace_period: float = 0.25  # fraction of the planned epochs (first rung)
+    reduction_factor: float = 2.0
+    perturbation_interval: float = 0.1  # pbt, fraction of epochs
+    min_samples_required: int = 3  # median
+
+    def grace_epochs(self, epochs: int) -> int:
+        return max(1, round(self.grace_period * epochs))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    overrides: dict[str, Any]  # nested; ``losses`` replaces the trial's, the rest merges
+
+
+@dataclass
+class StudySpec:
+    path: Path
+    name: str
+    description: str
+    trial: dict[str, Any]
+    search: list[Param]
+    points: list[dict[str, Any]]
+    objective: Objective
+    searcher: SearcherSpec
+    scheduler: SchedulerSpec
+    samples: int
+    concurrency: int
+    resources: dict[str, float]
+    seeds: list[int]
+    baselines: list[Baseline]
+    max_failures: int
+    num_to_keep: int | None
+    raw: dict[str, Any]
+
+    @property
+    def epochs(self) -> int:
+        return int(self.trial.get("epochs", 240))
+
+    def param(self, name: str) -> Param:
+        for p in self.search:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def baseline_config(self, b: Baseline, seed: int) -> dict[str, Any]:
+        cfg = copy.deepcopy(self.trial)
+        over = copy.deepcopy(b.overrides)
+        cfg["losses"] = over.pop("losses")
+        cfg["handoff"] = over.pop("handoff", None)
+        if cfg["handoff"] is None:
+            cfg.pop("handoff")
+        cfg = _deep_merge(cfg, over)
+        cfg["seed"] = seed
+        cfg["role"] = "baseline"
+        cfg.setdefault("family", b.name)
+        return cfg
+
+    def spec_hash(self) -> str:
+        blob = json.dumps(self.raw, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def compiled(self) -> dict[str, Any]:
+        """What --dry-run prints and the parent run stores."""
+        return {
+            "name": self.name,
+            "epochs": self.epochs,
+            "search": {p.name: p.to_dict() for p in self.search},
+            "points": self.points,
+            "objective": vars(self.objective) | {"reported": self.objective.reported_metric},
+            "searcher": vars(self.searcher),
+            "scheduler": vars(self.scheduler)
+            | {"grace_epochs": self.scheduler.grace_epochs(self.epochs)},
+            "samples": self.samples,
+            "concurrency": self.concurrency,
+            "resources": self.resources,
+            "seeds": self.seeds,
+            "baselines": [b.name for b in self.baselines],
+        }
+
+
+# -- loading ----------------------------------------------------------------------------
+def load_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a study file and resolve ``extends:`` (relative to the file)."""
+    path = path.resolve()
+    if path in _seen:
+        chain = " -> ".join(p.name for p in (*_seen, path))
+        raise SpecError(f"{path.name}: extends: circular chain ({chain})")
+    if not path.is_file():
+        where = f" (extended by {_seen[-1].name})" if _seen else ""
+        raise SpecError(f"{path}: no such study file{where}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{path.name}: {where}invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path.name}: top level must be a mapping, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise SpecError(f"{path.name}: extends: expected a file name, got {parent!r}")
+    base = load_yaml(path.parent / parent, (*_seen, path))
+    return _deep_merge(base, raw)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Load, merge, apply CLI overrides (dotted top-level paths) and validate."""
+    path = Path(path)
+    raw = load_yaml(path)
+    for k, v in (overrides or {}).items():
+        cur = raw
+        keys = k.split(".")
+        for key in keys[:-1]:
+            cur = cur.setdefault(key, {})
+        cur[keys[-1]] = v
+    return validate(raw, path)
+
+
+def validate(raw: dict[str, Any], path: Path) -> StudySpec:
+    fname = path.name
+    err = _Err(fname)
+    for k in raw:
+        if k not in TOP_KEYS:
+            err(k, "unknown section", f"allowed: {', '.join(TOP_KEYS)}")
+    trial = raw.get("trial")
+    if not isinstance(trial, dict):
+        err("trial", "missing or not a mapping", "the fixed trial config is required")
+    try:
+        TrialConfig.from_dict(trial, "trial")
+    except ConfigError as exc:
+        raise SpecError(f"{fname}: {exc}") from None
+    epochs = int(trial.get("epochs", 240))
+
+    search = _parse_search(raw.get("search") or {}, trial, err)
+    names = {p.name for p in search}
+    points = _parse_points(raw.get("points") or [], search, err)
+    objective = _dc(Objective, raw.get("objective"), "objective", err)
+    if objective.mode not in ("max", "min"):
+        err("objective.mode", f"{objective.mode!r} is not allowed", "allowed: max, min")
+    if objective.use not in ("best", "last"):
+        err("objective.use", f"{objective.use!r} is not allowed", "allowed: best, last")
+    if objective.metric.split("/")[0] not in ("val", "train", "diag"):
+        err("objective.metric", f"{objective.metric!r}", "a reported metric such as val/top1")
+    searcher = _dc(SearcherSpec, raw.get("searcher"), "searcher", err)
+    if searcher.kind not in SEARCHERS:
+        err("searcher.kind", f"{searcher.kind!r} is not allowed", f"allowed: {', '.join(SEARCHERS)}")
+    scheduler = _dc(SchedulerSpec, raw.get("scheduler"), "scheduler", err)
+    if scheduler.kind not in SCHEDULERS:
+        err(
+            "scheduler.kind",
+            f"{scheduler.kind!r} is not allowed",
+            f"allowed: {', '.join(SCHEDULERS)}",
+        )
+    if not 0 < scheduler.grace_period <= 1:
+        err("scheduler.grace_period", f"{scheduler.grace_period}", "a fraction of epochs in (0, 1]")
+    if scheduler.reduction_factor <= 1:
+        err("scheduler.reduction_factor", f"{scheduler.reduction_factor}", "must be > 1")
+    if scheduler.kind == "pbt" and searcher.kind != "random":
+        err(
+            "scheduler.kind",
+            "pbt cannot be combined with a search algorithm",
+            "use searcher.kind: random with pbt (Ray: PBT mutates, it does not search)",
+        )
+    samples = _int(raw.get("samples", 16), "samples", err, minimum=1)
+    concurrency = _int(raw.get("concurrency", 2), "concurrency", err, minimum=1)
+    resources = raw.get("resources") or {}
+    if not isinstance(resources, dict):
+        err("resources", f"{resources!r}", "a mapping {cpu: N, gpu: fraction}")
+    for k, v in resources.items():
+        if k not in ("cpu", "gpu"):
+            err(f"resources.{k}", "unknown key", "allowed: cpu, gpu")
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            err(f"resources.{k}", f"{v!r}", "a number >= 0 (gpu may be fractional, e.g. 0.5)")
+    res = {"cpu": float(resources.get("cpu", 1)), "gpu": float(resources.get("gpu", 0))}
+    seeds = raw.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
+    ):
+        err("seeds", f"{seeds!r}", "a non-empty list of integers")
+    if len(set(seeds)) != len(seeds):
+        err("seeds", f"{seeds!r} has repeats", "distinct integers")
+    baselines = _parse_baselines(raw.get("baselines") or {}, trial, seeds, err)
+    failure = raw.get("failure") or {}
+    max_failures = _int(failure.get("max_failures", 2), "failure.max_failures", err, minimum=0)
+    ckpts = raw.get("checkpoints") or {}
+    num_to_keep = ckpts.get("num_to_keep")
+    if num_to_keep is not None:
+        num_to_keep = _int(num_to_keep, "checkpoints.num_to_keep", err, minimum=1)
+    name = raw.get("name") or path.stem
+    spec = StudySpec(
+        path=path.resolve(),
+        name=str(name),
+        description=str(raw.get("description", "")),
+        trial=trial,
+        search=search,
+        points=points,
+        objective=objective,
+        searcher=searcher,
+        scheduler=scheduler,
+        samples=samples,
+        concurrency=concurrency,
+        resources=res,
+        seeds=list(seeds),
+        baselines=baselines,
+        max_failures=max_failures,
+        num_to_keep=num_to_keep,
+        raw=raw,
+    )
+    if searcher.kind == "grid":
+        for p in search:
+            if not p.grid_values():
+                err(f"search.{p.name}.grid", "missing", "grid search needs a grid: [values] list")
+    if not names and searcher.kind != "grid" and samples > 1 and not points:
+        err("search", "no searched parameters", "add entries under search:, or set samples: 1")
+    check_fidelity(spec, epochs, err)
+    return spec
+
+
+class _Err:
+    def __init__(self, fname: str) -> None:
+        self.fname = fname
+
+    def __call__(self, key: str, what: str, allowed: str = "") -> None:
+        tail = f" ({allowed})" if allowed else ""
+        raise SpecError(f"{self.fname}: {key}: {what}{tail}")
+
+
+def _int(v: Any, key: str, err: _Err, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        err(key, f"{v!r}", f"an integer >= {minimum}")
+    return int(v)
+
+
+def _dc(cls: type, raw: Any, key: str, err: _Err) -> Any:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        err(key, f"{raw!r}", "a mapping")
+    allowed = list(cls.__dataclass_fields__)
+    for k, v in raw.items():
+        if k not in allowed:
+            err(f"{key}.{k}", "unknown key", f"allowed: {', '.join(allowed)}")
+        default = cls.__dataclass_fields__[k].default
+        if isinstance(default, bool) != isinstance(v, bool):
+            err(f"{key}.{k}", f"{v!r}", f"expected {type(default).__name__}")
+        if isinstance(default, int | float) and not isinstance(v, int | float):
+            err(f"{key}.{k}", f"{v!r}", "expected a number")
+        if isinstance(default, str) and not isinstance(v, str):
+            err(f"{key}.{k}", f"{v!r}", "expected a string")
+    return cls(**raw)
+
+
+def _parse_search(raw: Any, trial: dict[str, Any], err: _Err) -> list[Param]:
+    if not isinstance(raw, dict):
+        err("search", f"{raw!r}", "a mapping of dotted trial keys -> parameter specs")
+    out: list[Param] = []
+    seen: set[str] = set()
+    for name, spec in raw.items():
+        key = f"search.{name}"
+        if spec is None:  # deleted by an extending file
+            continue
+        if not isinstance(spec, dict):
+            err(key, f"{spec!r}", "a mapping {type, low, high, log, values, when}")
+        allowed = ("type", "low", "high", "log", "step", "values", "grid", "when")
+        for k in spec:
+            if k not in allowed:
+                err(f"{key}.{k}", "unknown key", f"allowed: {', '.join(allowed)}")
+        tp = spec.get("type")
+        if tp not in PARAM_TYPES:
+            err(f"{key}.type", f"{tp!r}", f"allowed: {', '.join(PARAM_TYPES)}")
+        when: dict[str, tuple[Any, ...]] = {}
+        for dep, val in (spec.get("when") or {}).items():
+            if dep not in seen and get_path(trial, dep, _MISSING) is _MISSING:
+                err(
+                    f"{key}.when.{dep}",
+                    "refers to neither an earlier searched parameter nor a trial key",
+                    "list the parameter it depends on above it",
+                )
+            when[dep] = tuple(val) if isinstance(val, list) else (val,)
+        if tp == "categorical":
+            values = spec.get("values")
+            if not isinstance(values, list) or not values:
+                err(f"{key}.values", f"{values!r}", "a non-empty list")
+            for v in values:
+                if v is not None and not isinstance(v, bool | int | float | str):
+                    err(f"{key}.values", f"{v!r}", "values must be null, bool, number or string")
+            p = Param(name, tp, values=tuple(values), grid=tuple(spec.get("grid") or ()), when=when)
+        else:
+            low, high = spec.get("low"), spec.get("high")
+            for k, v in (("low", low), ("high", high)):
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    err(f"{key}.{k}", f"{v!r}", "a finite number")
+            if low >= high:
+                err(key, f"low {low} >= high {high}", "low < high")
+            log = bool(spec.get("log", False))
+            if log and low <= 0:
+                err(f"{key}.low", f"{low}", "log scale needs low > 0")
+            if tp == "int" and (not float(low).is_integer() or not float(high).is_integer()):
+                err(key, f"low/high {low}/{high}", "integers for type: int")
+            step = spec.get("step")
+            grid = tuple(spec.get("grid") or ())
+            p = Param(name, tp, float(low), float(high), log, step, (), grid, when)
+            for g in grid:
+                if not p.contains(g):
+                    err(f"{key}.grid", f"{g!r} outside [{low}, {high}]", "grid values in range")
+        # the path must be a real trial key: build the config with the first allowed value
+        probe = p.values[0] if p.type == "categorical" else p.low
+        if p.type == "int":
+            probe = int(probe)  # type: ignore[arg-type]
+        try:
+            TrialConfig.from_dict(with_overrides(trial, {name: probe}), "trial")
+        except ConfigError as exc:
+            raise SpecError(f"{err.fname}: {key}: {exc.path}: {exc.detail}") from None
+        out.append(p)
+        seen.add(name)
+    return out
+
+
+_MISSING = object()
+
+
+def _parse_points(raw: Any, search: list[Param], err: _Err) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        err("points", f"{raw!r}", "a list of {searched name: value} mappings")
+    by_name = {p.name: p for p in search}
+    out = []
+    for i, point in enumerate(raw):
+        if point is None:
+            continue
+        if not isinstance(point, dict):
+            err(f"points[{i}]", f"{point!r}", "a mapping of searched names to values")
+        for k, v in point.items():
+            if k not in by_name:
+                err(f"points[{i}].{k}", "not a searched parameter", f"searched: {', '.join(by_name)}")
+            if not by_name[k].contains(v):
+                err(f"points[{i}].{k}", f"{v!r} is outside the searched range", _range(by_name[k]))
+        out.append(dict(point))
+    return out
+
+
+def _range(p: Param) -> str:
+    if p.type == "categorical":
+        return f"allowed: {list(p.values)}"
+    return f"allowed: [{p.low:g}, {p.high:g}]"
+
+
+def _parse_baselines(
+    raw: Any, trial: dict[str, Any], seeds: list[int], err: _Err
+) -> list[Baseline]:
+    if not isinstance(raw, dict):
+        err("baselines", f"{raw!r}", "a mapping name -> {losses: ..., other trial keys}")
+    out = []
+    for name, over in raw.items():
+        if over is None:
+            continue
+        if not isinstance(over, dict) or "losses" not in over:
+            err(f"baselines.{name}", "needs a losses: mapping", "the baseline's loss terms")
+        b = Baseline(str(name), over)
+        tmp = StudySpec.__new__(StudySpec)
+        tmp.trial = trial
+        try:
+            TrialConfig.from_dict(StudySpec.baseline_config(tmp, b, seeds[0]), f"baselines.{name}")
+        except ConfigError as exc:
+            raise SpecError(f"{err.fname}: {exc}") from None
+        out.append(b)
+    return out
+
+
+# -- multi-fidelity checks ----------------------------------------------------------------
+def schedule_profile(cfg: TrialConfig) -> list[tuple[float, ...]]:
+    """Each term's schedule value at every epoch 1..E (what a scheduler could tell apart)."""
+    scheds: dict[str, Schedule] = cfg.schedules()
+    return [
+        tuple(scheds[n].at(e / cfg.epochs) for n in sorted(scheds)) for e in range(1, cfg.epochs + 1)
+    ]
+
+
+def warmup_end(cfg: TrialConfig) -> int:
+    """The last epoch of any loss or LR warm-up (ramp_up schedules outside the hand-off)."""
+    handoff_terms = {cfg.handoff.kl_term, cfg.handoff.w_term} if cfg.handoff else set()
+    ends = [math.ceil(cfg.optim.warmup * cfg.epochs)]
+    for name, t in cfg.losses.items():
+        if name not in handoff_terms and t.schedule.kind == "ramp_up":
+            ends.append(math.ceil(t.schedule.end * cfg.epochs))
+    return max(ends)
+
+
+def corner_samples(spec: StudySpec, limit: int = 64) -> list[dict[str, Any]]:
+    """Deterministic extreme configurations of the space (+ the points), respecting ``when``."""
+    import itertools
+
+    choices = []
+    for p in spec.search:
+        if p.type == "categorical":
+            choices.append(list(p.values))
+        else:
+            lo, hi = p.low, p.high
+            assert lo is not None and hi is not None
+            mid = math.sqrt(lo * hi) if p.log else (lo + hi) / 2
+            vals = [lo, mid, hi]
+            choices.append([int(round(v)) for v in vals] if p.type == "int" else vals)
+    out: list[dict[str, Any]] = [dict(pt) for pt in spec.points]
+    for combo in itertools.islice(itertools.product(*choices), 4096):
+        flat = active_params(spec, dict(zip([p.name for p in spec.search], combo, strict=True)))
+        if flat not in out:
+            out.append(flat)
+        if len(out) >= limit + len(spec.points):
+            break
+    return out
+
+
+def active_params(spec: StudySpec, flat: dict[str, Any]) -> dict[str, Any]:
+    """Drop the parameters whose ``when`` condition does not hold (in order)."""
+    out: dict[str, Any] = {}
+    for p in spec.search:
+        if p.name in flat and condition_holds(p, out, spec.trial):
+            out[p.name] = flat[p.name]
+    return out
+
+
+def condition_holds(p: Param, chosen: dict[str, Any], trial: dict[str, Any]) -> bool:
+    for dep, allowed in p.when.items():
+        value = chosen[dep] if dep in chosen else get_path(trial, dep, _MISSING)
+        if value not in allowed:
+            return False
+    return True
+
+
+def check_fidelity(spec: StudySpec, epochs: int, err: _Err) -> None:
+    """Refuse schedulers that would judge trials before they can differ (issue #4)."""
+    sch = spec.scheduler
+    if sch.kind in ("fifo", "pbt") or not spec.search:
+        return
+    rung = sch.grace_epochs(epochs)
+    configs = []
+    for flat in corner_samples(spec):
+        try:
+            configs.append(TrialConfig.from_dict(with_overrides(spec.trial, flat)))
+        except ConfigError as exc:
+            err("search", f"a corner of the space is not a valid trial: {exc}", "narrow the ranges")
+    warm = max(warmup_end(c) for c in configs)
+    if rung <= warm:
+        err(
+            "scheduler.grace_period",
+            f"first rung at epoch {rung} of {epochs} does not exceed the loss/LR warm-up "
+            f"(ends at epoch {warm})",
+            f"use grace_period > {warm / epochs:.3f}",
+        )
+    profiles = [schedule_profile(c) for c in configs]
+    first_diff = next(
+        (e + 1 for e in range(epochs) if len({p[e] for p in profiles}) > 1),
+        None,
+    )
+    searched_schedule = any(
+        p.name.startswith("handoff.") or ".schedule." in p.name for p in spec.search
+    )
+    if searched_schedule and first_diff is not None and rung < first_diff:
+        err(
+            "scheduler.grace_period",
+            f"the first rung (epoch {rung} of {epochs}) comes before the searched schedules can "
+            f"differ (epoch {first_diff}): {sch.kind} would stop trials on noise",
+            f"use grace_period >= {first_diff / epochs:.3f}, widen the searched windows, "
+            "or scheduler.kind: fifo with fewer epochs",
+        )

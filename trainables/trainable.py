@@ -1,0 +1,80 @@
+"""The only Ray entry point: Ray's dict config -> TrialConfig -> ``run_training``.
+
+Ray's reporting API has changed often; everything Ray-specific is here and is
+imported from ``ray.tune`` only (in Ray 2.60 ``ray.train.report`` raises inside
+Tune trials). One report and one checkpoint per epoch; on restart (retry,
+``Tuner.restore``, PBT exploit) the trial resumes from the checkpoint Ray hands
+it, and the epoch comes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from trainables.config import TrialConfig, with_overrides
+from trainables.loop import NonFiniteLoss, SinkhornCollapsed, run_training
+
+STATE_FILE = "state.pt"
+
+
+def trial_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """Searched values of a Ray config: flat dotted names, or a grid ``point``."""
+    flat = {k: v for k, v in config.items() if k not in ("point", "base")}
+    flat.update(config.get("point") or {})
+    return flat
+
+
+def train_trial(config: dict[str, Any], bases: dict[str, dict[str, Any]]) -> None:
+    """Function trainable. ``bases`` (via ``tune.with_parameters``) maps a base name to a
+    fully resolved nested trial config (absolute paths set by the driver);
+    ``config["base"]`` picks one (default ``"search"``), the rest are overrides."""
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()  # read before the loop: the context is torn down later
+    base = bases[config.get("base", "search")]
+    cfg = TrialConfig.from_dict(with_overrides(base, trial_overrides(config)))
+    trial_dir = Path(cfg.output.dir) / trial_id if cfg.output.dir else None
+    resume = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+
+    def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
+        tmp = tempfile.mkdtemp(prefix="kdckpt_")
+        try:
+            torch.save(state, Path(tmp) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    try:
+        run_training(cfg, report, resume, trial_dir=str(trial_dir) if trial_dir else None)
+    except (NonFiniteLoss, SinkhornCollapsed) as exc:
+        # a deterministic failure: keep the reason next to the trial's outputs
+        if trial_dir is not None:
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            reason = {"reason": type(exc).__name__, "message": str(exc)}
+            (trial_dir / "failure.json").write_text(json.dumps(reason, indent=1))
+        raise
+    except Exception:
+        if trial_dir is not None:
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            (trial_dir / "error.txt").write_text(traceback.format_exc())
+        raise
+
+
+def trainable_with_resources(
+    bases: dict[str, dict[str, Any]], cpu: float, gpu: float
+) -> Any:
+    """``train_trial`` bound to its bases, with per-trial resources (fractional GPU ok)."""
+    fn = tune.with_parameters(train_trial, bases=bases)
+    return tune.with_resources(fn, {"cpu": cpu, "gpu": gpu})
+
