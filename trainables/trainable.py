@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -38,6 +39,9 @@ def train_trial(config: dict[str, Any], bases: dict[str, dict[str, Any]]) -> Non
     ``config["base"]`` picks one (default ``"search"``), the rest are overrides."""
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()  # read before the loop: the context is torn down later
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+    if cpus >= 1:  # one intra-op thread per reserved CPU (oversubscription is very costly)
+        torch.set_num_threads(int(cpus))
     base = bases[config.get("base", "search")]
     cfg = TrialConfig.from_dict(with_overrides(base, trial_overrides(config)))
     trial_dir = Path(cfg.output.dir) / trial_id if cfg.output.dir else None

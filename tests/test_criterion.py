@@ -1,0 +1,118 @@
+"""Criterion: weights from pure schedules, unscheduled parts, state round trips."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainables.config import ConfigError, TrialConfig
+from trainables.loop import build_criterion
+from trainables.types import EpochInfo, ModelOutputs
+
+C = 10
+
+
+def outputs(seed: int, B: int = 16, feat: tuple[int, int, int] = (8, 4, 4)) -> ModelOutputs:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, C, generator=g) * 3
+    f = torch.randn(B, *feat, generator=g)
+    return ModelOutputs(logits, (f,), f.mean((2, 3)))
+
+
+def cost() -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    d = torch.rand(C, C, generator=g)
+    d = (d + d.T) / 2
+    d.fill_diagonal_(0)
+    return d
+
+
+WKL = {
+    "epochs": 240,
+    "losses": {
+        "ce": {},
+        "wkd_l": {"temperature": 8, "wd_weight": 600},
+        "kl": {"loss": "dkd", "weight": 0.5, "temperature": 8, "beta": 2},
+    },
+    "handoff": {"mode": "independent"},
+}
+
+
+def test_wkl_weights_follow_the_published_schedule() -> None:
+    cfg = TrialConfig.from_dict(WKL)
+    crit = build_criterion(cfg, cost())
+    s, t = outputs(0), outputs(1)
+    y = torch.arange(16) % C
+    crit.setup(s, t, C)
+    for e in (1, 120, 150, 200, 240):
+        out = crit(s, t, y, EpochInfo(e, 240))
+        kl = 0.5 * math.sin(math.pi * e / 480) ** 2
+        w = 1.0 if e <= 150 else 0.5 * (1 + math.cos(math.pi * (e - 150) / 90))
+        assert out.weights["kl"] == pytest.approx(kl)
+        assert out.weights["wkd_l"] == pytest.approx(w)
+        raw = crit.losses["wkd_l"](s, t, y)
+        # L_t is never decayed; WD carries γ0 · schedule
+        assert out.parts["wkd_l/target"] == pytest.approx(raw["target"].item(), rel=1e-6)
+        assert out.parts["wkd_l/wasserstein"].item() == pytest.approx(
+            600 * w * raw["wasserstein"].item(), rel=1e-5
+        )
+        total = sum(v for v in out.parts.values())
+        assert out.total.item() == pytest.approx(total.item(), rel=1e-6)
+    assert "wkd_l/marginal_error" in out.diagnostics
+    assert "wkd_l/target" not in out.diagnostics
+
+
+def test_describe_is_a_readable_formula() -> None:
+    crit = build_criterion(TrialConfig.from_dict(WKL), cost())
+    text = crit.describe()
+    assert text.startswith("1*ce(")
+    assert "ramp_down[cosine](0.625->1)*wkd_l(" in text
+    assert "0.5*ramp_up[cosine](0->1)*dkd(" in text
+
+
+def test_gkl_prior_and_projector_round_trip_through_state_dict() -> None:
+    cfg = TrialConfig.from_dict(
+        {
+            "epochs": 10,
+            "losses": {"gkl": {"class_prior": True}, "wkd_f": {}},
+        }
+    )
+    s, t = outputs(0), outputs(1, feat=(16, 4, 4))
+    y = torch.arange(16) % C
+    torch.manual_seed(0)
+    a = build_criterion(cfg, None)
+    a.setup(s, t, C)
+    a.on_epoch_start(EpochInfo(1, 10))
+    a.on_batch_end(s, t, y)
+    a.on_epoch_end(EpochInfo(1, 10))
+    prior = a.losses["gkl"].prior
+    # row c = class-mean teacher probabilities at T2 = 4
+    p = torch.softmax(t.logits / 4, 1)
+    assert torch.allclose(prior[3], p[y == 3].mean(0), atol=1e-6)
+    assert bool(a.losses["gkl"].prior_ready)
+    torch.manual_seed(123)  # a different projector init
+    b = build_criterion(cfg, None)
+    b.setup(s, t, C)
+    out_a = a(s, t, y, EpochInfo(2, 10))
+    assert not torch.allclose(a(s, t, y, EpochInfo(2, 10)).total, b(s, t, y, EpochInfo(2, 10)).total)
+    b.load_state_dict(a.state_dict())
+    out_b = b(s, t, y, EpochInfo(2, 10))
+    for k in out_a.parts:
+        assert torch.allclose(out_a.parts[k], out_b.parts[k]), k
+    keys = set(a.state_dict())
+    assert {"losses.gkl.prior", "losses.gkl.prior_ready"} <= keys
+    assert any(k.startswith("losses.wkd_f.projector.") for k in keys)
+
+
+def test_trial_config_round_trip_and_errors() -> None:
+    cfg = TrialConfig.from_dict(WKL)
+    again = TrialConfig.from_dict(cfg.to_dict())
+    assert again == cfg and again.config_hash() == cfg.config_hash()
+    with pytest.raises(ConfigError, match=r"losses\.wkd_l\.solver: solver 'fast'"):
+        TrialConfig.from_dict({"losses": {"wkd_l": {"solver": "fast"}}})
+    with pytest.raises(ConfigError, match=r"handoff\.kl_term: 'kl' is not a loss term"):
+        TrialConfig.from_dict({"losses": {"ce": {}, "wkd_l": {}}, "handoff": {}})
+    with pytest.raises(ConfigError, match=r"^losses: at least one loss term"):
+        TrialConfig.from_dict({"losses": {}})
