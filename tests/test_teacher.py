@@ -511,3 +511,38 @@ def test_registry_two_concurrent_callers_train_once(tmp_path: Path) -> None:
         infos = list(pool.map(lambda _: ask(), range(2)))
     assert sorted(i.trained for i in infos) == [False, True]
     assert infos[0].sha256 == infos[1].sha256
+
+
+CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+@pytest.mark.skipif(not CIFAR10_JPEG.is_dir(), reason="shared CIFAR-10 JPEG tree not present")
+def test_cka_cost_on_real_cifar10_images_with_zoo_teacher(tmp_path: Path) -> None:
+    """3-channel images and a CIFAR-zoo last stage ([B, 256, 8, 8] for resnet8x4)."""
+    bundle = load_data(f"imagefolder:{CIFAR10_JPEG}", max_per_class=6, val_fraction=0.2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build("resnet8x4", bundle.num_classes, in_channels=3).eval()
+    meta = {"arch": "resnet8x4", "dataset": "cifar10-jpeg", "num_classes": 10}
+    info = T.save_teacher(model, meta, tmp_path / "t")
+    res = T.get_cost_matrix(
+        info.ckpt_path,
+        bundle.fingerprint(),
+        "cka",
+        0,
+        None,
+        arch="resnet8x4",
+        data=bundle.train,
+        preset=bundle.preset,
+    )
+    d = res.matrix
+    assert d.shape == (10, 10) and torch.allclose(d, d.T) and torch.all(d.diagonal() == 0)
+    assert d.min() >= 0 and d.max() <= 1 and not res.cache_hit
+    idx = T.select_images_per_class(bundle.train.labels, 10, seed=0, max_per_class=500)
+    with torch.no_grad():
+        maps = [
+            model(normalise(bundle.train.images[idx[c]], bundle.preset)).features[-1]
+            for c in range(10)
+        ]
+    ref = cka_distance_reference([rows_of(m.numpy()) for m in maps])
+    np.testing.assert_allclose(d.numpy(), ref, atol=1e-4)
