@@ -1228,7 +1228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             assert res.cost is not None
             print(f"cost {kind}: {res.cost.path} ({'cached' if res.cost.cache_hit else 'built'})")
-    except (TeacherNotFoundError, TeacherCheckpointError, ValueError) as err:
+    except (OSError, ValueError) as err:  # refusals, bad checkpoints, missing data
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
