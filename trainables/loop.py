@@ -37,6 +37,7 @@ from trainables.data import BatchLoader, DataBundle, load_data
 from trainables.losses import LOSSES, Criterion, Term
 from trainables.losses import functional as F
 from trainables.models import build as build_model
+from trainables.models import load_state_file
 from trainables.types import EpochInfo, ModelOutputs
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -102,9 +103,8 @@ def build_criterion(cfg: TrialConfig, cost: Tensor | None) -> Criterion:
 
 
 def load_teacher_weights(model: nn.Module, path: str) -> None:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
-    model.load_state_dict(state, strict=True)
+    """Strict load of a teacher file (mdistiller ``{"model": sd}``, plain or DataParallel)."""
+    model.load_state_dict(load_state_file(path), strict=True)
 
 
 @dataclass
