@@ -1,0 +1,315 @@
+"""Cost of the logit losses, as ratios measured in the same run (methods §3, §7).
+
+Tables:
+
+(a) CIFAR shape (B = 64, C = 100; WKD-F on [64, 256, 8, 8]): forward+backward time and
+    peak-memory growth of each loss as a fraction of one resnet8x4 training step
+    (forward + backward + SGD step at B = 64, 3×32×32). Target: every loss ≤ 5 %.
+(b) ImageNet shape (B = 128, 256; C = 1000): WKD-L (reference solver, 10 iterations) and
+    GKL vs the naive [B, C, C] formulations (the released WKD per-sample [C−1, C−1]
+    bmm solver; GKL's explicit Δ tensors). Targets: WKD-L ≥ 100× and GKL ≥ 500× faster,
+    peak memory ≤ 1 GB.
+(c) converged solver: time per kernel sweep relative to one reference iteration at
+    C = 100 and C = 1000 (target ≤ 3×), and sweeps to tolerance 1e-6 at λ = 0.05, 0.02,
+    0.005 (with plain Sinkhorn's count at C = 100 for comparison, capped).
+
+Memory on CPU: torch allocations are invisible to tracemalloc, so every memory number
+comes from a fresh subprocess per measurement: ``ru_maxrss`` (peak RSS) after the
+timed runs minus the RSS just before the first run, inputs already allocated. It is
+the peak growth of the process, an honest upper bound of the op's working set
+(allocator caching included); on a GPU ``torch.cuda.max_memory_allocated`` would be
+used instead. All runs use 1 intra-op thread (a Ray trial with num_cpus=1), so the
+ratios compare like with like. Inputs are synthetic: the costs depend on shapes only.
+
+Run: ``.venv/bin/python benchmarks/bench_losses.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+# Run as a script: make the repo root importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainables.losses import functional as F  # noqa: E402
+
+T_CIFAR = 8.0  # WKD-L RN32x4→RN8x4 temperature (methods §3)
+REG = 0.05  # published sinkhorn_reg (methods §3)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _cost(C: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """CKA-like D (0.48–0.88 off-diagonal, methods §5), sharpened with κ = 1."""
+    g = torch.Generator().manual_seed(1)
+    D = 0.48 + 0.4 * torch.rand(C, C, generator=g)
+    D = (D + D.T) / 2
+    D.fill_diagonal_(0.0)
+    return F.sharpen_cost(D, 1.0).to(dtype)
+
+
+def _logits(B: int, C: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    zt = torch.randn(B, C, generator=g) * 4
+    zs = (zt + torch.randn(B, C, generator=g) * 2).requires_grad_()
+    return zs, zt, torch.randint(0, C, (B,), generator=g)
+
+
+# ------------------------------------------------------------------ naive formulations
+
+
+def wkd_naive(zs, zt, y, cost, T, reg, iters):  # type: ignore[no-untyped-def]
+    """The released WKD-L solver, batched literally on per-sample [C−1, C−1] costs."""
+    B, C = zs.shape
+    keep = torch.ones(B, C, dtype=torch.bool)
+    keep[torch.arange(B), y] = False
+    idx = torch.arange(C).expand(B, C)[keep].view(B, C - 1)
+    ps = torch.softmax(zs.gather(1, idx) / T, 1)[:, :, None]
+    pt = torch.softmax(zt.gather(1, idx) / T, 1)[:, :, None]
+    cb = torch.relu(cost[idx[:, :, None], idx[:, None, :]]) + 1e-8  # [B, C−1, C−1]
+    K = torch.exp(-cb / reg)
+    u = torch.ones_like(ps) / (C - 1)
+    for _ in range(iters):
+        v = pt / (torch.bmm(K.transpose(1, 2), u) + 1e-8)
+        u = ps / (torch.bmm(K, v) + 1e-8)
+    flow = u * K * v.transpose(1, 2)
+    return (flow * cb).sum((1, 2)).mean()
+
+
+def gkl_naive(zs, zt, gamma, T, T2):  # type: ignore[no-untyped-def]
+    """GKL's definition with explicit [B, C, C] Δ and weight tensors."""
+    s = torch.softmax(zt / T2, 1) ** gamma
+    w = s[:, :, None] * s[:, None, :]
+    dt = zt[:, :, None] - zt[:, None, :]
+    ds = zs[:, :, None] - zs[:, None, :]
+    wmse = 0.25 * (w * (dt - ds) ** 2).sum() / w.sum()
+    soft_ce = -(torch.softmax(zt / T, 1) * torch.log_softmax(zs / T, 1)).sum(1).mean()
+    return wmse + soft_ce
+
+
+# ------------------------------------------------------------------ one measurement
+
+
+def _job(name: str, B: int, C: int) -> Callable[[], None]:
+    """Build the closure timed for measurement ``name`` (inputs allocated here)."""
+    if name == "model_step":
+        from trainables.models import build
+
+        model = build("resnet8x4", C)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        x = torch.randn(B, 3, 32, 32)
+        yy = torch.randint(0, C, (B,))
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            torch.nn.functional.cross_entropy(logits, yy).backward()
+            opt.step()
+
+        return step
+    if name == "wkd_f":
+        g = torch.Generator().manual_seed(2)
+        fs = torch.randn(B, 256, 8, 8, generator=g, requires_grad=True)
+        ft = torch.randn(B, 256, 8, 8, generator=g)
+
+        def wf() -> None:
+            m, s = F.wkd_feature(fs, ft, 1, 1e-5)
+            (4.0 * m + s).backward()
+
+        return wf
+    zs, zt, y = _logits(B, C)
+    cost = _cost(C)
+    prior = torch.softmax(torch.randn(C, C, generator=torch.Generator().manual_seed(3)), 1)
+    losses: dict[str, Callable[[], torch.Tensor]] = {
+        "kd": lambda: F.kd(zs, zt, 4.0),
+        "dkd": lambda: sum(F.dkd(zs, zt, y, 4.0)),
+        "wkd_l_reference": lambda: (
+            F.wkd_logit(zs, zt, y, cost, T_CIFAR, REG, 10, "reference").wasserstein
+        ),
+        "wkd_l_converged": lambda: (
+            F.wkd_logit(zs, zt, y, cost, T_CIFAR, REG, 10_000, "converged").wasserstein
+        ),
+        "wkd_l_naive": lambda: wkd_naive(zs, zt, y, cost, T_CIFAR, REG, 10),
+        "gkl": lambda: sum(F.gkl(zs, zt, y, 4.0, 0.05, prior, 4.0)),
+        "gkl_naive": lambda: gkl_naive(zs, zt, 0.05, 4.0, 4.0),
+    }
+    fn = losses[name]
+
+    def run() -> None:
+        zs.grad = None
+        fn().backward()
+
+    return run
+
+
+def child(name: str, B: int, C: int, repeats: int) -> None:
+    """Subprocess entry: print {"ms": best time, "mb": peak RSS growth} as JSON."""
+    torch.set_num_threads(1)
+    job = _job(name, B, C)
+    rss0 = _rss_mb()
+    job()  # warm-up (also part of the peak: same work)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        job()
+        best = min(best, time.perf_counter() - t0)
+    print(json.dumps({"ms": best * 1e3, "mb": max(0.0, _peak_mb() - rss0)}))
+
+
+def measure(name: str, B: int, C: int, repeats: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", name, str(B), str(C), str(repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def table_a(repeats: int) -> None:
+    print("\n(a) CIFAR shape B=64, C=100: fraction of one resnet8x4 training step")
+    base = measure("model_step", 64, 100, repeats)
+    print(f"  resnet8x4 step: {base['ms']:.1f} ms, peak growth {base['mb']:.1f} MB")
+    print(f"  {'loss':<18}{'ms':>8}{'time %':>9}{'MB':>8}{'mem %':>8}  target ≤5%")
+    for name in ("kd", "dkd", "wkd_l_reference", "wkd_l_converged", "gkl", "wkd_f"):
+        if name == "wkd_f" and not hasattr(F, "wkd_feature"):
+            print(f"  {name:<18} skipped: wkd_feature missing")
+            continue
+        r = measure(name, 64, 100, repeats)
+        tf, mf = r["ms"] / base["ms"], r["mb"] / max(base["mb"], 1e-9)
+        print(
+            f"  {name:<18}{r['ms']:>8.2f}{100 * tf:>8.2f}%{r['mb']:>8.1f}{100 * mf:>7.2f}%"
+            f"  {_verdict(tf <= 0.05 and mf <= 0.05)}"
+        )
+
+
+def table_b(batches: list[int]) -> None:
+    print("\n(b) ImageNet shape C=1000: O(B·C) forms vs naive [B, C, C] (fwd+bwd)")
+    print(
+        f"  {'B':>4} {'loss':<6}{'ms':>9}{'naive ms':>10}{'speed-up':>10}{'MB':>8}"
+        f"{'naive MB':>10}  targets"
+    )
+    for B in batches:
+        for fast, naive, target in (
+            ("wkd_l_reference", "wkd_l_naive", 100),
+            ("gkl", "gkl_naive", 500),
+        ):
+            r = measure(fast, B, 1000, 3)
+            n = measure(naive, B, 1000, 1)  # 1 GB per [B, C, C] tensor at B = 256
+            sp = n["ms"] / r["ms"]
+            label = "wkd_l" if fast.startswith("wkd") else "gkl"
+            print(
+                f"  {B:>4} {label:<6}{r['ms']:>9.2f}{n['ms']:>10.1f}{sp:>9.0f}×{r['mb']:>8.1f}"
+                f"{n['mb']:>10.0f}  ≥{target}×: {_verdict(sp >= target)}, ≤1 GB: "
+                f"{_verdict(r['mb'] <= 1024)}"
+            )
+
+
+def _solver_times(B: int, C: int, reg: float) -> tuple[float, float, int]:
+    """(ms per reference iteration, ms per converged sweep, sweeps), no autograd."""
+    g = torch.Generator().manual_seed(0)
+    zt = torch.randn(B, C, generator=g, dtype=torch.float64) * 4
+    zs = zt + torch.randn(B, C, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, C, (B,), generator=g)
+    mask = torch.nn.functional.one_hot(y, C).bool()
+    p = torch.softmax((zs / T_CIFAR).masked_fill(mask, -torch.inf), 1)
+    q = torch.softmax((zt / T_CIFAR).masked_fill(mask, -torch.inf), 1)
+    cost = torch.relu(_cost(C, torch.float64)) + 1e-8
+    with torch.no_grad():
+        p32, q32 = p.float(), q.float()
+        K32 = torch.exp(-cost.float() / reg)
+        best_ref = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            F._reference_solve(p32, q32, mask, K32, 10)
+            best_ref = min(best_ref, (time.perf_counter() - t0) / 10)
+        t0 = time.perf_counter()
+        res = F.entropic_ot(p, q, cost, reg, 200_000)
+        conv = time.perf_counter() - t0
+    return best_ref * 1e3, conv * 1e3 / res.iterations, res.iterations
+
+
+def _plain_sinkhorn_sweeps(B: int, C: int, reg: float, cap: int) -> int:
+    g = torch.Generator().manual_seed(0)
+    zt = torch.randn(B, C, generator=g, dtype=torch.float64) * 4
+    zs = zt + torch.randn(B, C, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, C, (B,), generator=g)
+    mask = torch.nn.functional.one_hot(y, C).bool()
+    p = torch.softmax((zs / T_CIFAR).masked_fill(mask, -torch.inf), 1)
+    q = torch.softmax((zt / T_CIFAR).masked_fill(mask, -torch.inf), 1)
+    K = torch.exp(-(torch.relu(_cost(C, torch.float64)) + 1e-8) / reg)
+    u = (~mask).double() / (C - 1)
+    for it in range(1, cap + 1):
+        v = torch.where(q > 0, q / (u @ K), 0.0)
+        u = torch.where(p > 0, p / (v @ K.T), 0.0)
+        if float((v * (u @ K) - q).abs().sum(1).max()) < 1e-6:
+            return it
+    return cap
+
+
+def table_c(quick: bool) -> None:
+    torch.set_num_threads(1)
+    print("\n(c) converged solver (float64 Sinkhorn-Newton) vs reference (float32, 10 its)")
+    print(
+        f"  {'C':>5}{'B':>5}{'λ':>7}{'ref ms/it':>11}{'conv ms/sweep':>15}{'ratio':>7}"
+        f"{'sweeps':>8}{'plain Sinkhorn':>16}  target ratio ≤3×"
+    )
+    shapes = [(100, 64), (1000, 16)]
+    for C, B in shapes:
+        for reg in (0.05, 0.02, 0.005):
+            if quick and (C == 1000 and reg < 0.05):
+                continue
+            ref_ms, conv_ms, sweeps = _solver_times(B, C, reg)
+            if C == 100:
+                cap = 2_000 if quick else 40_000
+                plain = _plain_sinkhorn_sweeps(B, C, reg, cap)
+                plain_s = f"{plain}" if plain < cap else f">{cap}"
+            else:
+                plain_s = "-"
+            r = conv_ms / ref_ms
+            print(
+                f"  {C:>5}{B:>5}{reg:>7}{ref_ms:>11.3f}{conv_ms:>15.3f}{r:>7.2f}{sweeps:>8}"
+                f"{plain_s:>16}  {_verdict(r <= 3)}"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: fewer shapes/repeats")
+    ap.add_argument(
+        "--child", nargs=4, metavar=("NAME", "B", "C", "REPEATS"), help=argparse.SUPPRESS
+    )
+    args = ap.parse_args()
+    if args.child:
+        name, B, C, rep = args.child
+        child(name, int(B), int(C), int(rep))
+        return
+    t0 = time.time()
+    table_a(3 if args.quick else 10)
+    table_b([128] if args.quick else [128, 256])
+    table_c(args.quick)
+    print(f"\ntotal {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
