@@ -582,6 +582,10 @@ def check_fidelity(spec: StudySpec, epochs: int, err: _Err) -> None:
     """Refuse schedulers that would judge trials before they can differ (issue #4)."""
     sch = spec.scheduler
     if sch.kind in ("fifo", "pbt") or not spec.search:
+        check_reference_sinkhorn(
+            [TrialConfig.from_dict(with_overrides(spec.trial, f)) for f in corner_samples(spec)],
+            err,
+        )
         return
     rung = sch.grace_epochs(epochs)
     configs = []
@@ -598,6 +602,7 @@ def check_fidelity(spec: StudySpec, epochs: int, err: _Err) -> None:
             f"(ends at epoch {warm})",
             f"use grace_period > {warm / epochs:.3f}",
         )
+    check_reference_sinkhorn(configs, err)
     profiles = [schedule_profile(c) for c in configs]
     first_diff = next(
         (e + 1 for e in range(epochs) if len({p[e] for p in profiles}) > 1),
@@ -614,3 +619,21 @@ def check_fidelity(spec: StudySpec, epochs: int, err: _Err) -> None:
             f"use grace_period >= {first_diff / epochs:.3f}, widen the searched windows, "
             "or scheduler.kind: fifo with fewer epochs",
         )
+
+
+REFERENCE_MIN_REG = 0.03  # methods.md §3: the published solver collapses below λ ≈ 0.03
+
+
+def check_reference_sinkhorn(configs: list[TrialConfig], err: _Err) -> None:
+    """Refuse a space in which the reference (10-iteration) solver meets λ < 0.03."""
+    for cfg in configs:
+        for name, term in cfg.losses.items():
+            p = term.params
+            if getattr(p, "solver", None) == "reference" and p.sinkhorn_reg < REFERENCE_MIN_REG:
+                err(
+                    f"losses.{name}.sinkhorn_reg",
+                    f"{p.sinkhorn_reg:g} with solver: reference in the space (the published "
+                    "solver silently collapses below 0.03, methods.md §3)",
+                    "keep sinkhorn_reg >= 0.03 with the reference solver, or search it only "
+                    f"when: {{losses.{name}.solver: converged}}",
+                )

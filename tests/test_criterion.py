@@ -110,7 +110,7 @@ def test_trial_config_round_trip_and_errors() -> None:
     cfg = TrialConfig.from_dict(WKL)
     again = TrialConfig.from_dict(cfg.to_dict())
     assert again == cfg and again.config_hash() == cfg.config_hash()
-    with pytest.raises(ConfigError, match=r"losses\.wkd_l\.solver: solver 'fast'"):
+    with pytest.raises(ConfigError, match=r"losses\.wkd_l\.solver: wkd_l.solver 'fast' is not allowed; allowed"):
         TrialConfig.from_dict({"losses": {"wkd_l": {"solver": "fast"}}})
     with pytest.raises(ConfigError, match=r"handoff\.kl_term: 'kl' is not a loss term"):
         TrialConfig.from_dict({"losses": {"ce": {}, "wkd_l": {}}, "handoff": {}})

