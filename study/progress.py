@@ -14,7 +14,13 @@ class ProgressCallback(Callback):
     status line (running trials and their epochs) at most every ``every`` seconds."""
 
     def __init__(
-        self, phase: str, total: int, metric: str, epochs: int, *, quiet: bool = False,
+        self,
+        phase: str,
+        total: int,
+        metric: str,
+        epochs: int,
+        *,
+        quiet: bool = False,
         every: float = 15.0,
     ) -> None:
         self.phase, self.total, self.metric, self.epochs = phase, total, metric, epochs
@@ -26,11 +32,13 @@ class ProgressCallback(Callback):
 
     def _print(self, msg: str) -> None:
         if not self.quiet:
-            print(f"  [{self.phase} {time.time() - self.t0:6.0f}s] {msg}", file=sys.stdout,
-                  flush=True)
+            print(
+                f"  [{self.phase} {time.time() - self.t0:6.0f}s] {msg}", file=sys.stdout, flush=True
+            )
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         self.running[trial.trial_id] = int(result.get("training_iteration", 0))
         now = time.time()
         if now - self.last >= self.every:
@@ -46,8 +54,10 @@ class ProgressCallback(Callback):
         it = int(res.get("training_iteration", 0))
         score = f"{self.metric}={val:.3f}" if isinstance(val, int | float) else "no result"
         early = " (stopped early)" if what == "done" and it < self.epochs else ""
-        self._print(f"{self.done}/{self.total} {trial.trial_id} {what}: {score} "
-                    f"after {it}/{self.epochs} epochs{early}")
+        self._print(
+            f"{self.done}/{self.total} {trial.trial_id} {what}: {score} "
+            f"after {it}/{self.epochs} epochs{early}"
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "done")

@@ -55,11 +55,12 @@ def leaderboard(
     lines = [f"Leaderboard ({metric}, {mode}; searched trials on the tuning split)", ""]
     lines.append(f"{'rank':<5}{'trial':<14}{metric:>16}{'epochs':>9}  overrides")
     for i, t in enumerate(searched[:top], 1):
-        over = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sorted(t.overrides.items()))
-        mark = "" if t.complete else " (stopped early)"
-        lines.append(
-            f"{i:<5}{t.trial_id:<14}{t.value:>16.3f}{t.epochs:>5}/{t.planned_epochs:<3}  {over}{mark}"
+        over = ", ".join(
+            f"{k.removeprefix('losses.')}={_fmt(v)}" for k, v in sorted(t.overrides.items())
         )
+        mark = "" if t.complete else " (stopped early)"
+        ep = f"{t.epochs:>5}/{t.planned_epochs:<3}"
+        lines.append(f"{i:<5}{t.trial_id:<14}{t.value:>16.3f}{ep}  {over}{mark}")
     failed = [t for t in trials if t.role == "trial" and t.status == "ERROR"]
     if failed:
         lines.append(f"     ({len(failed)} searched trial(s) failed; see their MLflow runs)")

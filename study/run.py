@@ -42,15 +42,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-epochs", type=int, help="planned epochs (schedules are fractions)")
     p.add_argument("--storage", help="study directory (default: ./studies/<name>)")
     p.add_argument("--address", help="existing Ray cluster address (default: a local Ray)")
-    p.add_argument("--tracking-uri", help="MLflow server, e.g. http://host:5000 (default: a "
-                   "SQLite store in the study directory)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow server, e.g. http://host:5000 (default: a "
+        "SQLite store in the study directory)",
+    )
     p.add_argument("--experiment", help="MLflow experiment name (default: the study name)")
     p.add_argument("--resume", action="store_true", help="continue the study in --storage")
     p.add_argument("--dry-run", action="store_true", help="validate and print; start nothing")
     p.add_argument("--seed", type=int, help="searcher seed (overrides searcher.seed)")
     p.add_argument("--teachers-dir", help="teacher registry (default: <storage>/../teachers)")
-    p.add_argument("--train-teacher", action="store_true",
-                   help="allow training a missing teacher on a non-embedded dataset")
+    p.add_argument(
+        "--train-teacher",
+        action="store_true",
+        help="allow training a missing teacher on a non-embedded dataset",
+    )
     p.add_argument("--skip-baselines", action="store_true", help="run the search only")
     p.add_argument("--quiet", action="store_true", help="only the final leaderboard")
     return p.parse_args(argv)
@@ -59,8 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides: dict[str, Any] = {}
-    for flag, key in (("num_samples", "samples"), ("max_epochs", "trial.epochs"),
-                      ("seed", "searcher.seed")):
+    for flag, key in (
+        ("num_samples", "samples"),
+        ("max_epochs", "trial.epochs"),
+        ("seed", "searcher.seed"),
+    ):
         v = getattr(args, flag)
         if v is not None:
             if v < (0 if flag == "seed" else 1):
@@ -76,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     n_base = 0 if args.skip_baselines else len(spec.baselines) * len(spec.seeds)
     if args.dry_run:
         print(json.dumps(spec.compiled(), indent=2, default=str))
-        print(f"\n{n_trials} searched trial(s) + {n_base} baseline run(s) "
-              f"({len(spec.baselines)} baselines x {len(spec.seeds)} seeds), "
-              f"{spec.epochs} epochs each, up to {spec.concurrency} at once, "
-              f"{spec.resources['cpu']:g} CPU + {spec.resources['gpu']:g} GPU per trial")
+        print(
+            f"\n{n_trials} searched trial(s) + {n_base} baseline run(s) "
+            f"({len(spec.baselines)} baselines x {len(spec.seeds)} seeds), "
+            f"{spec.epochs} epochs each, up to {spec.concurrency} at once, "
+            f"{spec.resources['cpu']:g} CPU + {spec.resources['gpu']:g} GPU per trial"
+        )
         return EXIT_OK
     storage = Path(args.storage or Path("studies") / spec.name).resolve()
     marker = storage / "study.json"
@@ -88,12 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     if marker.is_file():
         old = json.loads(marker.read_text())
         if not args.resume:
-            return bad_input(f"--storage: a study already exists at {storage} "
-                             "(pass --resume to continue it, or choose another --storage)")
+            return bad_input(
+                f"--storage: a study already exists at {storage} "
+                "(pass --resume to continue it, or choose another --storage)"
+            )
         if old.get("spec_hash") != spec.spec_hash():
-            return bad_input(f"--resume: {args.space} differs from the spec this study was "
-                             f"started with ({storage / 'spec.json'}); a space cannot change on "
-                             "resume")
+            return bad_input(
+                f"--resume: {args.space} differs from the spec this study was "
+                f"started with ({storage / 'spec.json'}); a space cannot change on "
+                "resume"
+            )
     try:
         return run_study(spec, args, storage, n_trials)
     except KeyboardInterrupt:
@@ -108,8 +123,9 @@ def bad_input(msg: str) -> int:
 
 def git_sha() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -131,23 +147,36 @@ def needs_cost(spec: StudySpec) -> bool:
     from trainables.losses import LOSSES
 
     def uses(losses: dict[str, Any]) -> bool:
-        return any(getattr(LOSSES[(v or {}).get("loss", k)], "needs_cost", False)
-                   for k, v in losses.items())
+        return any(
+            getattr(LOSSES[(v or {}).get("loss", k)], "needs_cost", False)
+            for k, v in losses.items()
+        )
 
     if uses(spec.trial["losses"]) or any(uses(b.overrides["losses"]) for b in spec.baselines):
         return True
-    return any(p.type == "categorical" and p.name.endswith(".loss")
-               and any(getattr(LOSSES.get(str(v)), "needs_cost", False) for v in p.values)
-               for p in spec.search)
+    return any(
+        p.type == "categorical"
+        and p.name.endswith(".loss")
+        and any(getattr(LOSSES.get(str(v)), "needs_cost", False) for v in p.values)
+        for p in spec.search
+    )
 
 
 def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials: int) -> int:
     say = (lambda *a, **k: None) if args.quiet else print
+    import logging
+
+    for noisy in ("mlflow", "alembic", "optuna"):  # their INFO lines drown the progress
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     storage.mkdir(parents=True, exist_ok=True)
     study_id = hashlib.sha256(str(storage).encode()).hexdigest()[:12]
     if not args.resume:
-        meta = {"spec_hash": spec.spec_hash(), "space": str(Path(args.space).resolve()),
-                "study_id": study_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        meta = {
+            "spec_hash": spec.spec_hash(),
+            "space": str(Path(args.space).resolve()),
+            "study_id": study_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         (storage / "spec.json").write_text(json.dumps(spec.raw, indent=1, default=str))
         (storage / "study.json").write_text(json.dumps(meta, indent=1))
 
@@ -163,22 +192,29 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     t0 = time.time()
     try:
         tc = ensure_teacher_and_cost(
-            dataset, trial["teacher"]["arch"], teachers_dir=teachers_dir,
-            root=data.get("root"), val_fraction=data.get("val_fraction", 0.1),
-            split_seed=data.get("split_seed", 0), max_per_class_data=data.get("max_per_class"),
+            dataset,
+            trial["teacher"]["arch"],
+            teachers_dir=teachers_dir,
+            root=data.get("root"),
+            val_fraction=data.get("val_fraction", 0.1),
+            split_seed=data.get("split_seed", 0),
+            max_per_class_data=data.get("max_per_class"),
             download=data.get("download", False),
             teacher_path=trial["teacher"].get("checkpoint"),
             allow_train=True if args.train_teacher else None,
             cost_kind=cost_cfg.get("kind", "cka") if needs_cost(spec) else None,
-            cost_seed=cost_cfg.get("seed", 0), cost_max_per_class=cost_cfg.get("max_per_class"),
+            cost_seed=cost_cfg.get("seed", 0),
+            cost_max_per_class=cost_cfg.get("max_per_class"),
         )
     except (TeacherNotFoundError, TeacherCheckpointError, FileNotFoundError, ValueError) as exc:
         msg = str(exc).replace("\n", " ")
         return bad_input(f"teacher: {msg}")
     acc = tc.teacher.val_top1
-    say(f"      {'trained' if tc.teacher.trained else 'reused'} {tc.teacher.ckpt_path.name} "
+    say(
+        f"      {'trained' if tc.teacher.trained else 'reused'} {tc.teacher.ckpt_path.name} "
         f"(val top-1 {acc if acc is None else f'{acc:.2f}'}) in {time.time() - t0:.1f}s"
-        + (f"; cost matrix {'cache hit' if tc.cost.cache_hit else 'built'}" if tc.cost else ""))
+        + (f"; cost matrix {'cache hit' if tc.cost.cache_hit else 'built'}" if tc.cost else "")
+    )
 
     resolved = dict(trial)
     resolved["teacher"] = {**trial["teacher"], "checkpoint": str(tc.teacher.ckpt_path)}
@@ -202,7 +238,9 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
             return bad_input(str(exc))
 
     provenance = {
-        "git_sha": git_sha(), "spec_hash": spec.spec_hash(), "study_id": study_id,
+        "git_sha": git_sha(),
+        "spec_hash": spec.spec_hash(),
+        "study_id": study_id,
         **{f"version/{k}": v for k, v in package_versions().items()},
         **tc.provenance(),
     }
@@ -212,21 +250,32 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
 
     uri = args.tracking_uri or f"sqlite:///{storage / 'mlflow.db'}"
     experiment = args.experiment or spec.name
-    tracker = StudyTracker(uri, experiment, study_id, outbox_path=str(storage / "mlflow_outbox.jsonl"))
+    tracker = StudyTracker(
+        uri, experiment, study_id, outbox_path=str(storage / "mlflow_outbox.jsonl")
+    )
     from study.space import startup_trials
 
     tracker.open_study(
         run_name=f"study:{spec.name}",
-        params={"space": str(args.space), "samples": spec.samples, "epochs": spec.epochs,
-                "searcher": spec.searcher.kind, "searcher.seed": spec.searcher.seed,
-                "searcher.startup_trials": startup_trials(spec),
-                "scheduler": spec.scheduler.kind,
-                "scheduler.grace_epochs": spec.scheduler.grace_epochs(spec.epochs),
-                "concurrency": spec.concurrency, "seeds": spec.seeds,
-                "objective": spec.objective.reported_metric, **provenance},
+        params={
+            "space": str(args.space),
+            "samples": spec.samples,
+            "epochs": spec.epochs,
+            "searcher": spec.searcher.kind,
+            "searcher.seed": spec.searcher.seed,
+            "searcher.startup_trials": startup_trials(spec),
+            "scheduler": spec.scheduler.kind,
+            "scheduler.grace_epochs": spec.scheduler.grace_epochs(spec.epochs),
+            "concurrency": spec.concurrency,
+            "seeds": spec.seeds,
+            "objective": spec.objective.reported_metric,
+            **provenance,
+        },
         tags={"role": "study", "study_name": spec.name, "git_sha": provenance["git_sha"]},
-        texts={"spec.yaml": Path(args.space).read_text(),
-               "compiled.json": json.dumps(spec.compiled(), indent=1, default=str)},
+        texts={
+            "spec.yaml": Path(args.space).read_text(),
+            "compiled.json": json.dumps(spec.compiled(), indent=1, default=str),
+        },
     )
     stale = tracker.close_stale_runs()
     if stale:
@@ -245,10 +294,15 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         cfg = TrialConfig.from_dict(full)
         params["config_hash"] = cfg.config_hash()
         params["criterion"] = _criterion_formula(cfg)
-        tags = {"role": role, "family": family, "seed": str(cfg.seed),
-                "losses": ",".join(sorted(t.loss for t in cfg.losses.values())),
-                "config_hash": cfg.config_hash(), "git_sha": provenance["git_sha"],
-                "searched": ",".join(f"{k}={v}" for k, v in sorted(over.items()))[:4000]}
+        tags = {
+            "role": role,
+            "family": family,
+            "seed": str(cfg.seed),
+            "losses": ",".join(sorted(t.loss for t in cfg.losses.values())),
+            "config_hash": cfg.config_hash(),
+            "git_sha": provenance["git_sha"],
+            "searched": ",".join(f"{k}={v}" for k, v in sorted(over.items()))[:4000],
+        }
         if role == "baseline":
             tags["baseline"] = base_name.split(":")[0]
         return name, params, tags
@@ -267,15 +321,20 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     for name, info in summary["baselines"].items():
         if info["n"]:
             metrics[f"baseline/{name}/mean"] = info["mean"]
-    tracker.finish_study("FINISHED" if ok else "FAILED", metrics=metrics,
-                         tags={"best_trial": best["trial_id"]} if best else None,
-                         texts={"leaderboard.txt": table})
+    tracker.finish_study(
+        "FINISHED" if ok else "FAILED",
+        metrics=metrics,
+        tags={"best_trial": best["trial_id"]} if best else None,
+        texts={"leaderboard.txt": table},
+    )
     print()
     print(table)
     print()
     if uri.startswith("sqlite:"):
-        print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000   "
-              f"(experiment '{experiment}')")
+        print(
+            f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000   "
+            f"(experiment '{experiment}')"
+        )
     else:
         print(f"MLflow UI: {uri}  (experiment '{experiment}')")
     print(f"study directory: {storage}")
@@ -295,9 +354,16 @@ def _criterion_formula(cfg: TrialConfig) -> str:
     return ""
 
 
-def run_tuners(spec: StudySpec, args: argparse.Namespace, storage: Path,
-               bases: dict[str, dict[str, Any]], tracker: Any, describe: Any, n_trials: int,
-               say: Any) -> list[Any]:
+def run_tuners(
+    spec: StudySpec,
+    args: argparse.Namespace,
+    storage: Path,
+    bases: dict[str, dict[str, Any]],
+    tracker: Any,
+    describe: Any,
+    n_trials: int,
+    say: Any,
+) -> list[Any]:
     import ray
     from ray import tune
 
@@ -309,7 +375,6 @@ def run_tuners(spec: StudySpec, args: argparse.Namespace, storage: Path,
     env = os.environ
     env.setdefault("RAY_AUTH_MODE", "disabled")  # platform.md: set explicitly
     env.setdefault("RAY_DEDUP_LOGS", "1")
-    env.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     env.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if args.address:
@@ -324,39 +389,64 @@ def run_tuners(spec: StudySpec, args: argparse.Namespace, storage: Path,
         phases: list[tuple[str, dict[str, dict[str, Any]], Any, Any, dict[str, Any], int]] = []
         if not args.skip_baselines and spec.baselines:
             names = sorted(k for k in bases if k != "search")
-            phases.append(("baselines", {k: bases[k] for k in names}, None, None,
-                           {"base": tune.grid_search(names)}, 1))
+            phases.append(
+                (
+                    "baselines",
+                    {k: bases[k] for k in names},
+                    None,
+                    None,
+                    {"base": tune.grid_search(names)},
+                    1,
+                )
+            )
         if n_trials:
             searcher = build_searcher(spec, epochs)
-            phases.append(("search", {"search": bases["search"]}, searcher,
-                           build_scheduler(spec, epochs), param_space(spec),
-                           1 if spec.searcher.kind == "grid" else spec.samples))
+            phases.append(
+                (
+                    "search",
+                    {"search": bases["search"]},
+                    searcher,
+                    build_scheduler(spec, epochs),
+                    param_space(spec),
+                    1 if spec.searcher.kind == "grid" else spec.samples,
+                )
+            )
         for i, (name, phase_bases, searcher, scheduler, space, num_samples) in enumerate(phases):
-            total = len(space["base"]) if name == "baselines" else n_trials
-            say(f"[{3 + i}/4] {name}: {total} trial(s), {epochs} epochs, "
-                f"{spec.concurrency} at a time")
+            total = len(phase_bases) if name == "baselines" else n_trials
+            say(
+                f"[{3 + i}/4] {name}: {total} trial(s), {epochs} epochs, "
+                f"{spec.concurrency} at a time"
+            )
             trainable = trainable_with_resources(phase_bases, res["cpu"], res["gpu"])
             callbacks = [
                 MLflowStudyCallback(tracker, describe, max_iterations=epochs),
-                ProgressCallback(name, total, spec.objective.reported_metric, epochs,
-                                 quiet=args.quiet),
+                ProgressCallback(
+                    name, total, spec.objective.reported_metric, epochs, quiet=args.quiet
+                ),
             ]
             run_config = tune.RunConfig(
-                name=name, storage_path=str(ray_dir), callbacks=callbacks, verbose=0,
+                name=name,
+                storage_path=str(ray_dir),
+                callbacks=callbacks,
+                verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.num_to_keep),
             )
             exp_path = ray_dir / name
             if args.resume and (exp_path / "tuner.pkl").exists():
-                tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True,
-                                           resume_errored=True)
+                tuner = tune.Tuner.restore(
+                    str(exp_path), trainable, resume_unfinished=True, resume_errored=True
+                )
                 # callbacks are not restored with the tuner: attach ours again
                 tuner._local_tuner._run_config.callbacks = callbacks
             else:
                 tuner = tune.Tuner(
-                    trainable, param_space=space,
+                    trainable,
+                    param_space=space,
                     tune_config=tune.TuneConfig(
-                        search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+                        search_alg=searcher,
+                        scheduler=scheduler,
+                        num_samples=num_samples,
                         max_concurrent_trials=spec.concurrency if searcher is None else None,
                         trial_name_creator=lambda t: t.trial_id,
                         trial_dirname_creator=lambda t: t.trial_id,
@@ -370,8 +460,9 @@ def run_tuners(spec: StudySpec, args: argparse.Namespace, storage: Path,
     return summaries
 
 
-def summarize(grid: Any, phase: str, spec: StudySpec,
-              bases: dict[str, dict[str, Any]]) -> list[Any]:
+def summarize(
+    grid: Any, phase: str, spec: StudySpec, bases: dict[str, dict[str, Any]]
+) -> list[Any]:
     from study.report import TrialSummary
     from trainables.trainable import trial_overrides
 
@@ -382,17 +473,19 @@ def summarize(grid: Any, phase: str, spec: StudySpec,
         cfg = r.config or {}
         base = cfg.get("base", "search")
         full = bases[base]
-        out.append(TrialSummary(
-            trial_id=str(m.get("trial_id") or r.path.rstrip("/").split("/")[-1]),
-            role="baseline" if phase == "baselines" else "trial",
-            name=base.split(":")[0] if phase == "baselines" else str(full.get("family")),
-            seed=int(full.get("seed", 0)),
-            value=float(m[metric]) if metric in m else None,
-            epochs=int(m.get("training_iteration", 0)),
-            planned_epochs=spec.epochs,
-            status="ERROR" if r.error else "TERMINATED",
-            overrides=trial_overrides({k: v for k, v in cfg.items() if k != "base"}),
-        ))
+        out.append(
+            TrialSummary(
+                trial_id=str(m.get("trial_id") or r.path.rstrip("/").split("/")[-1]),
+                role="baseline" if phase == "baselines" else "trial",
+                name=base.split(":")[0] if phase == "baselines" else str(full.get("family")),
+                seed=int(full.get("seed", 0)),
+                value=float(m[metric]) if metric in m else None,
+                epochs=int(m.get("training_iteration", 0)),
+                planned_epochs=spec.epochs,
+                status="ERROR" if r.error else "TERMINATED",
+                overrides=trial_overrides({k: v for k, v in cfg.items() if k != "base"}),
+            )
+        )
     return out
 
 

@@ -17,21 +17,28 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.optuna.optuna_search import OptunaTrialState
+
 from study.spec import Param, StudySpec, active_params, condition_holds
 
 
-def define_by_run(spec: StudySpec) -> Callable[[Any], None]:
-    params = list(spec.search)
-    trial_cfg = spec.trial
+class DefineByRun:
+    """The Optuna define-by-run space (a picklable object: Ray checkpoints the searcher)."""
 
-    def space(trial: Any) -> None:
+    def __init__(self, params: list[Param], trial_cfg: dict[str, Any]) -> None:
+        self.params = params
+        self.trial_cfg = trial_cfg
+
+    def __call__(self, trial: Any) -> None:
         chosen: dict[str, Any] = {}
-        for p in params:
-            if not condition_holds(p, chosen, trial_cfg):
-                continue
-            chosen[p.name] = suggest(trial, p)
+        for p in self.params:
+            if condition_holds(p, chosen, self.trial_cfg):
+                chosen[p.name] = suggest(trial, p)
 
-    return space
+
+def define_by_run(spec: StudySpec) -> Callable[[Any], None]:
+    return DefineByRun(list(spec.search), spec.trial)
 
 
 def suggest(trial: Any, p: Param) -> Any:
@@ -54,6 +61,34 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
             seen.add(key)
             out.append(flat)
     return out
+
+
+class FidelityAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells a trial stopped before ``full_budget`` epochs as PRUNED.
+
+    Its intermediate values were already reported step by step (``on_trial_result``),
+    so TPE ranks it by the budget it reached, below complete trials, instead of taking
+    a low-budget score as a final result (Ray's default: COMPLETE with the last value).
+    """
+
+    def __init__(self, full_budget: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._full_budget = full_budget
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if (
+            not error
+            and result
+            and trial_id in self._ot_trials
+            and trial_id not in self._completed_trials
+            and int(result.get("training_iteration", self._full_budget)) < self._full_budget
+        ):
+            self._ot_study.tell(self._ot_trials[trial_id], None, state=OptunaTrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def startup_trials(spec: StudySpec) -> int:
@@ -86,36 +121,12 @@ def build_sampler(spec: StudySpec) -> Any:
 def build_searcher(spec: StudySpec, full_budget: int) -> Any:
     """The Tune search algorithm (None for grid and PBT: the variant generator is used)."""
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-    from ray.tune.search.optuna.optuna_search import OptunaTrialState
 
     if spec.searcher.kind == "grid" or spec.scheduler.kind == "pbt":
         return None
 
-    class FidelityAwareOptunaSearch(OptunaSearch):
-        """OptunaSearch that tells a trial stopped before ``full_budget`` epochs as PRUNED.
-
-        Its intermediate values were already reported step by step
-        (``on_trial_result``), so TPE ranks it by the budget it reached, below
-        complete trials, instead of taking a low-budget score as a final result.
-        """
-
-        def on_trial_complete(
-            self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
-        ) -> None:
-            if (
-                not error
-                and result
-                and trial_id in self._ot_trials
-                and trial_id not in self._completed_trials
-                and int(result.get("training_iteration", full_budget)) < full_budget
-            ):
-                self._ot_study.tell(self._ot_trials[trial_id], None, state=OptunaTrialState.PRUNED)
-                self._completed_trials.add(trial_id)
-                return
-            super().on_trial_complete(trial_id, result=result, error=error)
-
     searcher = FidelityAwareOptunaSearch(
+        full_budget,
         space=define_by_run(spec),
         metric=spec.objective.reported_metric,
         mode=spec.objective.mode,

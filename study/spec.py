@@ -294,7 +294,9 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
         err("objective.metric", f"{objective.metric!r}", "a reported metric such as val/top1")
     searcher = _dc(SearcherSpec, raw.get("searcher"), "searcher", err)
     if searcher.kind not in SEARCHERS:
-        err("searcher.kind", f"{searcher.kind!r} is not allowed", f"allowed: {', '.join(SEARCHERS)}")
+        err(
+            "searcher.kind", f"{searcher.kind!r} is not allowed", f"allowed: {', '.join(SEARCHERS)}"
+        )
     scheduler = _dc(SchedulerSpec, raw.get("scheduler"), "scheduler", err)
     if scheduler.kind not in SCHEDULERS:
         err(
@@ -483,7 +485,11 @@ def _parse_points(raw: Any, search: list[Param], err: _Err) -> list[dict[str, An
             err(f"points[{i}]", f"{point!r}", "a mapping of searched names to values")
         for k, v in point.items():
             if k not in by_name:
-                err(f"points[{i}].{k}", "not a searched parameter", f"searched: {', '.join(by_name)}")
+                err(
+                    f"points[{i}].{k}",
+                    "not a searched parameter",
+                    f"searched: {', '.join(by_name)}",
+                )
             if not by_name[k].contains(v):
                 err(f"points[{i}].{k}", f"{v!r} is outside the searched range", _range(by_name[k]))
         out.append(dict(point))
@@ -523,7 +529,8 @@ def schedule_profile(cfg: TrialConfig) -> list[tuple[float, ...]]:
     """Each term's schedule value at every epoch 1..E (what a scheduler could tell apart)."""
     scheds: dict[str, Schedule] = cfg.schedules()
     return [
-        tuple(scheds[n].at(e / cfg.epochs) for n in sorted(scheds)) for e in range(1, cfg.epochs + 1)
+        tuple(scheds[n].at(e / cfg.epochs) for n in sorted(scheds))
+        for e in range(1, cfg.epochs + 1)
     ]
 
 

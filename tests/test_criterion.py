@@ -96,7 +96,9 @@ def test_gkl_prior_and_projector_round_trip_through_state_dict() -> None:
     b = build_criterion(cfg, None)
     b.setup(s, t, C)
     out_a = a(s, t, y, EpochInfo(2, 10))
-    assert not torch.allclose(a(s, t, y, EpochInfo(2, 10)).total, b(s, t, y, EpochInfo(2, 10)).total)
+    assert not torch.allclose(
+        a(s, t, y, EpochInfo(2, 10)).total, b(s, t, y, EpochInfo(2, 10)).total
+    )
     b.load_state_dict(a.state_dict())
     out_b = b(s, t, y, EpochInfo(2, 10))
     for k in out_a.parts:
@@ -110,7 +112,9 @@ def test_trial_config_round_trip_and_errors() -> None:
     cfg = TrialConfig.from_dict(WKL)
     again = TrialConfig.from_dict(cfg.to_dict())
     assert again == cfg and again.config_hash() == cfg.config_hash()
-    with pytest.raises(ConfigError, match=r"losses\.wkd_l\.solver: wkd_l.solver 'fast' is not allowed; allowed"):
+    with pytest.raises(
+        ConfigError, match=r"losses\.wkd_l\.solver: wkd_l.solver 'fast' is not allowed; allowed"
+    ):
         TrialConfig.from_dict({"losses": {"wkd_l": {"solver": "fast"}}})
     with pytest.raises(ConfigError, match=r"handoff\.kl_term: 'kl' is not a loss term"):
         TrialConfig.from_dict({"losses": {"ce": {}, "wkd_l": {}}, "handoff": {}})

@@ -91,11 +91,29 @@ def test_reports_carry_the_promised_metrics(cost_path: str) -> None:
     run_training(cfg, rec)
     m = rec.metrics[-1]
     for key in (
-        "val/top1", "val/top1_best", "val/loss", "train/loss", "train/ce/ce",
-        "train/wkd_l/target", "train/wkd_l/wasserstein", "train/kl/tckd", "train/kl/nckd",
-        "train/gkl/wmse", "train/gkl/soft_ce", "weight/wkd_l", "weight/kl", "weight/gkl",
-        "diag/kl", "diag/tc", "diag/nc", "diag/w", "diag/target",
-        "diag/wkd_l/marginal_error", "lr", "epoch", "time/epoch_s",
+        "val/top1",
+        "val/top1_best",
+        "val/loss",
+        "train/loss",
+        "train/ce/ce",
+        "train/wkd_l/target",
+        "train/wkd_l/wasserstein",
+        "train/kl/tckd",
+        "train/kl/nckd",
+        "train/gkl/wmse",
+        "train/gkl/soft_ce",
+        "weight/wkd_l",
+        "weight/kl",
+        "weight/gkl",
+        "diag/kl",
+        "diag/tc",
+        "diag/nc",
+        "diag/w",
+        "diag/target",
+        "diag/wkd_l/marginal_error",
+        "lr",
+        "epoch",
+        "time/epoch_s",
     ):
         assert key in m, key
     assert all(isinstance(v, float) for v in m.values())
@@ -109,7 +127,9 @@ def test_two_trials_with_the_same_seed_see_the_same_batches(cost_path: str) -> N
     # common random numbers: only the tuned value differs -> same init, same first-epoch data
     a, b = Recorder(), Recorder()
     run_training(TrialConfig.from_dict(digits_cfg(cost_path, epochs=1)), a)
-    run_training(TrialConfig.from_dict(digits_cfg(cost_path, epochs=1, **{"losses.ce.weight": 0.0})), b)
+    run_training(
+        TrialConfig.from_dict(digits_cfg(cost_path, epochs=1, **{"losses.ce.weight": 0.0})), b
+    )
     c = Recorder()
     run_training(TrialConfig.from_dict(digits_cfg(cost_path, epochs=1)), c)
     assert a.metrics[0]["diag/target"] == c.metrics[0]["diag/target"]
@@ -128,7 +148,9 @@ def test_collapsed_reference_sinkhorn_is_reported_not_trained_on(cost_path: str)
     cfg = TrialConfig.from_dict(digits_cfg(cost_path, **over, **fail))
     with pytest.raises(SinkhornCollapsed, match="use solver: converged"):
         run_training(cfg, Recorder())
-    warn = TrialConfig.from_dict(digits_cfg(cost_path, **over, **{"losses.wkd_l.on_collapse": "warn"}))
+    warn = TrialConfig.from_dict(
+        digits_cfg(cost_path, **over, **{"losses.wkd_l.on_collapse": "warn"})
+    )
     rec = Recorder()
     run_training(warn, rec)
     assert rec.metrics[0]["diag/wkd_l/collapsed"] > 0.5
@@ -177,4 +199,6 @@ def test_every_space_runs_one_tiny_epoch(path: Path, cost_path: str, tmp_path: P
     for raw in configs:
         rec = Recorder()
         run_training(TrialConfig.from_dict(raw), rec)
-        assert len(rec.metrics) == 1 and rec.metrics[0]["train/loss"] == rec.metrics[0]["train/loss"]
+        assert (
+            len(rec.metrics) == 1 and rec.metrics[0]["train/loss"] == rec.metrics[0]["train/loss"]
+        )

@@ -92,21 +92,44 @@ scheduler: {kind: fifo}
 @pytest.mark.parametrize(
     "patch, expected",
     [
-        ({"trial": {"losses": {"kd": {"temprature": 4}}}}, "trial.losses.kd.temprature: unknown key; allowed: temperature"),
-        ({"trial": {"losses": {"kd": {"loss": "kdd"}}}}, "unknown loss 'kdd'; allowed: ce, dkd, gkl"),
+        (
+            {"trial": {"losses": {"kd": {"temprature": 4}}}},
+            "trial.losses.kd.temprature: unknown key; allowed: temperature",
+        ),
+        (
+            {"trial": {"losses": {"kd": {"loss": "kdd"}}}},
+            "unknown loss 'kdd'; allowed: ce, dkd, gkl",
+        ),
         ({"trial": {"epochs": "many"}}, "trial.epochs: expected an integer, got 'many'"),
-        ({"search": {"losses.kd.tau": {"type": "float", "low": 1, "high": 2}}}, "search.losses.kd.tau: trial.losses.kd.tau: unknown key"),
-        ({"search": {"losses.kd.temperature": {"type": "float", "low": 3, "high": 2}}}, "low 3 >= high 2"),
-        ({"search": {"losses.kd.temperature": {"type": "real", "low": 1, "high": 2}}}, "search.losses.kd.temperature.type: 'real' (allowed: float, int, categorical)"),
-        ({"points": [{"losses.kd.temperature": 20}]}, "points[0].losses.kd.temperature: 20 is outside the searched range (allowed: [1, 8])"),
-        ({"scheduler": {"kind": "hyperband"}}, "scheduler.kind: 'hyperband' is not allowed (allowed: fifo, asha, pbt, median)"),
+        (
+            {"search": {"losses.kd.tau": {"type": "float", "low": 1, "high": 2}}},
+            "search.losses.kd.tau: trial.losses.kd.tau: unknown key",
+        ),
+        (
+            {"search": {"losses.kd.temperature": {"type": "float", "low": 3, "high": 2}}},
+            "low 3 >= high 2",
+        ),
+        (
+            {"search": {"losses.kd.temperature": {"type": "real", "low": 1, "high": 2}}},
+            "search.losses.kd.temperature.type: 'real' (allowed: float, int, categorical)",
+        ),
+        (
+            {"points": [{"losses.kd.temperature": 20}]},
+            "points[0].losses.kd.temperature: 20 is outside the searched range (allowed: [1, 8])",
+        ),
+        (
+            {"scheduler": {"kind": "hyperband"}},
+            "scheduler.kind: 'hyperband' is not allowed (allowed: fifo, asha, pbt, median)",
+        ),
         ({"searcher": {"kind": "tpe", "sede": 1}}, "searcher.sede: unknown key"),
         ({"resources": {"gpus": 1}}, "resources.gpus: unknown key (allowed: cpu, gpu)"),
         ({"bogus": 1}, "bogus: unknown section"),
         ({"scheduler": {"kind": "pbt"}}, "pbt cannot be combined with a search algorithm"),
     ],
 )
-def test_errors_are_one_line_with_path_value_and_allowed(tmp_path: Path, patch: dict, expected: str) -> None:
+def test_errors_are_one_line_with_path_value_and_allowed(
+    tmp_path: Path, patch: dict, expected: str
+) -> None:
     raw = yaml.safe_load(BASE)
     _merge(raw, patch)
     path = write(tmp_path, yaml.safe_dump(raw))
@@ -137,7 +160,9 @@ search:
   losses.dkd.beta: {type: float, low: 1, high: 8}
 scheduler: {kind: asha, grace_period: 0.05}
 """
-    with pytest.raises(SpecError, match=r"does not exceed the loss/LR warm-up \(ends at epoch 20\)"):
+    with pytest.raises(
+        SpecError, match=r"does not exceed the loss/LR warm-up \(ends at epoch 20\)"
+    ):
         load_spec(write(tmp_path, text))
     ok = text.replace("grace_period: 0.05", "grace_period: 0.1")
     assert load_spec(write(tmp_path, ok)).scheduler.grace_epochs(240) == 24
@@ -204,19 +229,32 @@ scheduler: {kind: fifo}
         {"losses.wkd_l.solver": "converged", "losses.wkd_l.sinkhorn_reg": 0.1},
     ]
     corners = corner_samples(spec)
-    assert all("losses.wkd_l.sinkhorn_reg" not in c for c in corners if c["losses.wkd_l.solver"] == "reference")
+    assert all(
+        "losses.wkd_l.sinkhorn_reg" not in c
+        for c in corners
+        if c["losses.wkd_l.solver"] == "reference"
+    )
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(REPO / "study" / "run.py"), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_cli_dry_run_prints_and_starts_nothing(tmp_path: Path) -> None:
-    r = run_cli("--space", str(REPO / "search_spaces" / "quickstart.yaml"), "--dry-run",
-                "--storage", str(tmp_path / "st"), cwd=tmp_path)
+    r = run_cli(
+        "--space",
+        str(REPO / "search_spaces" / "quickstart.yaml"),
+        "--dry-run",
+        "--storage",
+        str(tmp_path / "st"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "16 searched trial(s) + 6 baseline run(s)" in r.stdout
     assert not (tmp_path / "st").exists()

@@ -70,11 +70,15 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in ("multistep", "cosine"):
-            raise ValueError(f"schedule {self.schedule!r} is not allowed; allowed: multistep, cosine")
+            raise ValueError(
+                f"schedule {self.schedule!r} is not allowed; allowed: multistep, cosine"
+            )
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if any(not 0.0 <= m <= 1.0 for m in self.milestones):
-            raise ValueError(f"milestones are fractions of the planned epochs in [0, 1], got {self.milestones}")
+            raise ValueError(
+                f"milestones are fractions of the planned epochs in [0, 1], got {self.milestones}"
+            )
 
 
 @dataclass(frozen=True)

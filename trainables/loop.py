@@ -156,7 +156,9 @@ def setup_trial(cfg: TrialConfig, device: torch.device | None = None) -> TrialSe
         seed=derive_seed(cfg.seed, "data"),
         drop_last=len(data.train.labels) > d.batch_size,
     )
-    eval_loader = BatchLoader(data.eval, data.preset, d.eval_batch_size, device, train=False, seed=0)
+    eval_loader = BatchLoader(
+        data.eval, data.preset, d.eval_batch_size, device, train=False, seed=0
+    )
     # lazy loss state (projectors, priors) from one real batch, with its own stream
     x, y = next(iter(eval_loader.epoch(1)))
     student.eval()
@@ -170,7 +172,9 @@ def setup_trial(cfg: TrialConfig, device: torch.device | None = None) -> TrialSe
     optimizer = torch.optim.SGD(
         params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
     )
-    return TrialSetup(device, data, teacher, student, criterion, optimizer, train_loader, eval_loader)
+    return TrialSetup(
+        device, data, teacher, student, criterion, optimizer, train_loader, eval_loader
+    )
 
 
 def _accuracy_and_logits(
@@ -272,7 +276,8 @@ def run_training(
             if not torch.isfinite(loss):
                 bad = {k: float(v) for k, v in out.parts.items()}
                 raise NonFiniteLoss(
-                    f"non-finite loss at epoch {epoch} batch {batch}: total={float(loss)} parts={bad}"
+                    f"non-finite loss at epoch {epoch} batch {batch}: "
+                    f"total={float(loss)} parts={bad}"
                 )
             ts.optimizer.zero_grad(set_to_none=True)
             if scaler is not None:

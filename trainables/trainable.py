@@ -75,10 +75,7 @@ def train_trial(config: dict[str, Any], bases: dict[str, dict[str, Any]]) -> Non
         raise
 
 
-def trainable_with_resources(
-    bases: dict[str, dict[str, Any]], cpu: float, gpu: float
-) -> Any:
+def trainable_with_resources(bases: dict[str, dict[str, Any]], cpu: float, gpu: float) -> Any:
     """``train_trial`` bound to its bases, with per-trial resources (fractional GPU ok)."""
     fn = tune.with_parameters(train_trial, bases=bases)
     return tune.with_resources(fn, {"cpu": cpu, "gpu": gpu})
-

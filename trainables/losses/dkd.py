@@ -33,7 +33,9 @@ class DKDLoss(DistillLoss):
 
     def setup(self, student: ModelOutputs, teacher: ModelOutputs, num_classes: int) -> None:
         if num_classes <= 2:
-            raise ValueError(f"dkd needs more than 2 classes (NCKD is undefined), got {num_classes}")
+            raise ValueError(
+                f"dkd needs more than 2 classes (NCKD is undefined), got {num_classes}"
+            )
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, target: Tensor):  # type: ignore[override]
         tckd, nckd = F.dkd(student.logits, teacher.logits, target, self.params.temperature)

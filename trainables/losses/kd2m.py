@@ -38,7 +38,9 @@ class KD2MLoss(DistillLoss):
     def setup(self, student: ModelOutputs, teacher: ModelOutputs, num_classes: int) -> None:
         ds, dt = student.pooled.shape[1], teacher.pooled.shape[1]
         if ds != dt:
-            raise ValueError(f"kd2m needs equal pooled feature widths, student {ds} vs teacher {dt}")
+            raise ValueError(
+                f"kd2m needs equal pooled feature widths, student {ds} vs teacher {dt}"
+            )
 
     def coefficients(self) -> dict[str, float]:
         return {"distance": 1.0}
