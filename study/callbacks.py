@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -114,7 +115,9 @@ class MLflowStudyCallback(Callback):
         describe: Describe,
         *,
         max_iterations: int | None = None,
+        outputs_dir: str | None = None,
     ) -> None:
+        self._outputs_dir = outputs_dir
         self._tracker = tracker
         self._describe = describe
         self._max_iterations = max_iterations
@@ -188,7 +191,21 @@ class MLflowStudyCallback(Callback):
             last = self._last_step.get(trial.trial_id)
         return None if last is None else int(last)
 
+    #: small per-trial files the loop writes (absolute dir) that go to the run as artifacts;
+    #: the weights (best.pt, last.pt) stay in the study directory (tag ``outputs_dir``)
+    OUTPUT_FILES = ("per_class.json", "eval_logits.pt", "failure.json", "error.txt")
+
+    def _log_outputs(self, trial: Any) -> None:
+        if not self._outputs_dir:
+            return
+        folder = os.path.join(self._outputs_dir, trial.trial_id)
+        for name in self.OUTPUT_FILES:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                self._tracker.log_trial_artifact(trial.trial_id, path, "outputs")
+
     def _complete(self, trial: Any) -> None:
+        self._log_outputs(trial)
         tags: dict[str, str] = {}
         last = self._last_iteration(trial)
         if self._max_iterations is not None and last is not None:
@@ -199,6 +216,7 @@ class MLflowStudyCallback(Callback):
     def _log_error(self, trial: Any, *, final: bool) -> None:
         text = _error_text(trial)
         if final:
+            self._log_outputs(trial)
             if text:
                 self._tracker.log_trial_text(trial.trial_id, "error.txt", text)
             self._tracker.close_trial(trial.trial_id, "FAILED")

@@ -419,7 +419,9 @@ def run_tuners(
             )
             trainable = trainable_with_resources(phase_bases, res["cpu"], res["gpu"])
             callbacks = [
-                MLflowStudyCallback(tracker, describe, max_iterations=epochs),
+                MLflowStudyCallback(
+                    tracker, describe, max_iterations=epochs, outputs_dir=str(storage / "trials")
+                ),
                 ProgressCallback(
                     name, total, spec.objective.reported_metric, epochs, quiet=args.quiet
                 ),

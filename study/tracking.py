@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 STEP_KEY = "training_iteration"
 #: Tags identifying our runs (searchable in the MLflow UI as ``tags.study_id = '...'``).
 TAG_STUDY_ID = "study_id"
-TAG_ROLE = "role"
+TAG_ROLE = "run_kind"  # internal lookup key ("study" | "trial"); "role" is the caller's
 TAG_TRIAL_ID = "trial_id"
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
@@ -621,7 +621,12 @@ class StudyTracker:
 
     def _apply_open_study(self, record: dict[str, Any]) -> str:
         experiment_id = self._ensure_experiment()
-        tags = {**record["tags"], TAG_STUDY_ID: self._study_id, TAG_ROLE: ROLE_STUDY}
+        tags = {
+            "role": ROLE_STUDY,
+            **record["tags"],
+            TAG_STUDY_ID: self._study_id,
+            TAG_ROLE: ROLE_STUDY,
+        }
         run = self._find_run(role=ROLE_STUDY)
         if run is None:
             run = self._client.create_run(
@@ -644,6 +649,7 @@ class StudyTracker:
         trial_id = record["trial_id"]
         parent_id = self._require_parent()
         tags = {
+            "role": ROLE_TRIAL,  # the caller may say "baseline"
             **record["tags"],
             TAG_STUDY_ID: self._study_id,
             TAG_ROLE: ROLE_TRIAL,
