@@ -117,6 +117,57 @@ def test_wkd_feature_gradcheck(h: int, grid: int) -> None:
     assert gradcheck(lambda x: wkd_feature(x, ft, grid=grid, eps=1e-5), (fs,))
 
 
+def _wkd_feature_pooled(
+    fs: torch.Tensor, ft: torch.Tensor, grid: int, eps: float, rho: float
+) -> torch.Tensor:
+    """ρ·L_mean + L_std from adaptive average pools: var = n/(n−1)·(E[x²] − E[x]²)."""
+    n = (fs.shape[2] // grid) * (fs.shape[3] // grid)
+
+    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = F.adaptive_avg_pool2d(x, grid)
+        var = (F.adaptive_avg_pool2d(x * x, grid) - m * m) * n / (n - 1)
+        return m, torch.sqrt(var + eps)
+
+    (ms, ss), (mt, st) = stats(fs), stats(ft)
+    norm = grid * grid * fs.shape[0]
+    return rho * (ms - mt).pow(2).sum() / norm + (ss - st).pow(2).sum() / norm
+
+
+@pytest.mark.parametrize("grid", [1, 2, 4])
+def test_wkd_feature_fused_gradient_matches_pooled_autograd(grid: int) -> None:
+    # The equal-cell path has a hand-written backward: compare it with autograd
+    # through an independent (pooling, E[x²] − E[x]²) formulation, in float64 and
+    # float32, including a constant cell (its σ-gradient is 0 at eps = 0).
+    fs = _randn(3, 4, 8, 8, seed=21) * 1.3 + 0.2
+    ft = _randn(3, 4, 8, 8, seed=22)
+    x = fs.clone().requires_grad_()
+    m, s = wkd_feature(x, ft, grid=grid, eps=1e-5)
+    (4.0 * m + s).backward()
+    y = fs.clone().requires_grad_()
+    _wkd_feature_pooled(y, ft, grid, 1e-5, 4.0).backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-9, atol=1e-12)
+
+    x32 = fs.float().requires_grad_()
+    m32, s32 = wkd_feature(x32, ft.float(), grid=grid, eps=1e-5)
+    (4.0 * m32 + s32).backward()
+    torch.testing.assert_close(x32.grad, y.grad.float(), rtol=1e-4, atol=1e-6)
+
+    # constant channel 0 with eps = 0: only the mean term's gradient 2ρ(μs−μt)/(G²B·n)
+    fc = fs.clone()
+    fc[:, 0] = 0.7
+    xc = fc.clone().requires_grad_()
+    m0, s0 = wkd_feature(xc, ft, grid=grid, eps=0.0)
+    (4.0 * m0 + s0).backward()
+    n = (8 // grid) ** 2
+    mu_t = F.adaptive_avg_pool2d(ft[:, :1], grid)
+    expect = 4.0 * 2.0 * (0.7 - mu_t) / (grid * grid * 3 * n)
+    expect = F.interpolate(expect, scale_factor=8 // grid, mode="nearest")
+    torch.testing.assert_close(xc.grad[:, :1], expect, rtol=1e-9, atol=1e-12)
+    yc = fc.clone().requires_grad_()
+    _wkd_feature_pooled(yc, ft, grid, 0.0, 4.0).backward()
+    torch.testing.assert_close(xc.grad[:, 1:], yc.grad[:, 1:], rtol=1e-9, atol=1e-12)
+
+
 def test_wkd_feature_rejects_bad_input() -> None:
     x = torch.zeros(1, 1, 4, 4)
     with pytest.raises(ValueError):
