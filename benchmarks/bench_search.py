@@ -1,0 +1,441 @@
+"""Search efficiency: ASHA + TPE against the full grid over the same space.
+
+Issue: on a task with enough validation signal (small nets on the CIFAR-10 JPEGs of
+``../shared/data/cifar10-jpeg`` when present, scikit-learn's digits otherwise),
+averaged over 3 study seeds, the configuration an ASHA + TPE study picks should be in
+the full grid's top decile (ranked by the grid's own mean over trial seeds) at no
+more than 30 % of the grid's epochs.
+
+What runs (each a real ``study/run.py`` subprocess, ``--skip-baselines --quiet``):
+
+1. the teacher (``cnn_large``) is trained once into a registry under the work dir
+   (cosine, ``--teacher-epochs``; the study's ``--train-teacher`` would use the
+   240-epoch CIFAR recipe of methods.md §9, far too long for a benchmark);
+2. the grid: one study with ``searcher: grid``, ``scheduler: fifo`` over the space of
+   ``benchmarks/spaces/search_wkl_grid.yaml`` with the trial seed added as a grid
+   axis (``seed: [0, 1, 2]``), so every configuration is trained once per seed in one
+   Ray session; its mean top-1 per configuration over seeds is the reference ranking;
+3. per study seed ``s``: ASHA + TPE (``searcher.seed = s``, ``trial.seed = s``) with
+   as many samples as a conservative estimate of asynchronous ASHA's cost allows
+   within 30 % of the grid's epochs per seed (:func:`asha_samples`).
+
+The pick of a study is its best complete trial by the objective (the leaderboard's
+first row; trials stopped by ASHA never count). Epochs are counted from the Ray
+results on disk (the largest ``training_iteration`` of each trial's ``result.json``).
+The top decile is ``rank <= N / 10`` of the N grid configurations (rank 1 = best).
+
+Run: ``.venv/bin/python benchmarks/bench_search.py [--workdir DIR] [--quick]``
+(default: ~20-25 min on 2 CPU cores; ``--quick``: a 4-configuration smoke run of a
+few minutes, 1 seed, 2 epochs, no target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Run as a script (`python benchmarks/bench_search.py`): make the repo root importable.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHARED_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+SPACE = REPO / "benchmarks" / "spaces" / "search_wkl_grid.yaml"
+RUN = REPO / "study" / "run.py"
+TEACHER_ARCH = "cnn_large"  # the small-net teacher of the digits default (trainables.models)
+TOP_FRACTION = 0.10  # the issue's "top decile"
+EPOCH_BUDGET = 0.30  # the issue's "<= 30 % of the grid's epochs"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The benchmark's size. Defaults are sized to ~20-25 min on 2 CPU cores."""
+
+    epochs: int  # planned epochs of every trial
+    seeds: tuple[int, ...]  # trial seeds of the grid = study seeds of ASHA + TPE
+    max_per_class: int | None  # images per class kept of each CIFAR-10 part
+    teacher_epochs: int | None  # None: the registry's default recipe (digits: 30)
+    grace_period: float  # ASHA's first rung, fraction of the epochs
+    reduction_factor: float
+    search_overlay: dict[str, Any]  # restricts the space (quick run)
+    quick: bool
+
+
+def make_plan(args: argparse.Namespace, cifar: bool) -> Plan:
+    """Full run: 8 epochs, 3 seeds, 200 CIFAR images per class (1 600 train / 400 val at
+    val_fraction 0.2, so one image is 0.25 points of top-1), ASHA rungs at 2 and 4 of 8
+    epochs (reduction factor 2 keeps several complete trials to pick from); quick:
+    2 epochs, 1 seed, 4 configurations. Sizes: every trial costs a fresh Ray actor
+    (~10-20 s of imports on a busy 2-core machine), so trials are few and short."""
+    if args.quick:
+        return Plan(
+            epochs=2,
+            seeds=(0,),
+            max_per_class=40 if cifar else None,
+            teacher_epochs=2,
+            grace_period=0.5,
+            reduction_factor=2.0,
+            search_overlay={
+                "handoff.mode": {"values": ["complementary"]},
+                "handoff.shape": {"values": ["cosine"]},
+                "losses.kl.weight": {"values": [1.0, 32.0]},
+            },
+            quick=True,
+        )
+    return Plan(
+        epochs=args.epochs,
+        seeds=tuple(range(args.seeds)),
+        max_per_class=args.max_per_class if cifar else None,
+        teacher_epochs=args.teacher_epochs if cifar else None,
+        grace_period=0.25,  # rung 2 of 8: the hand-offs differ from epoch 1 on
+        reduction_factor=2.0,
+        search_overlay={},
+        quick=False,
+    )
+
+
+# -- task ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    dataset: str  # the data.dataset value the studies use
+    cwd: Path  # where the studies run (a relative imagefolder name resolves from here)
+    label: str
+
+
+def resolve_task(workdir: Path) -> Task:
+    """CIFAR-10 JPEGs from ../shared when present, else digits (with a printed note).
+
+    The teacher registry names its folder after the dataset and refuses a name with a
+    ``/`` (``study/teacher.py:registry_folder``), which every absolute
+    ``imagefolder:<path>`` has. Until that is fixed the benchmark links the folder into
+    its work dir and uses the relative name ``imagefolder:cifar10-jpeg``, with
+    ``RAY_CHDIR_TO_TRIAL_DIR=0`` so trials resolve it from the same directory.
+    """
+    from study.teacher import registry_folder
+
+    if not SHARED_JPEG.is_dir():
+        print(f"note: {SHARED_JPEG} not found: falling back to digits (8x8, 1 797 images)")
+        return Task("digits", workdir, "digits")
+    absolute = f"imagefolder:{SHARED_JPEG}"
+    try:
+        registry_folder(workdir, absolute, TEACHER_ARCH)
+        return Task(absolute, workdir, "CIFAR-10 JPEG")
+    except ValueError:
+        link = workdir / SHARED_JPEG.name
+        if not link.exists():
+            link.symlink_to(SHARED_JPEG, target_is_directory=True)
+        return Task(f"imagefolder:{SHARED_JPEG.name}", workdir, "CIFAR-10 JPEG (linked)")
+
+
+def ensure_teacher(task: Task, plan: Plan, teachers_dir: Path, val_fraction: float) -> float:
+    """Train (or reuse) the registry teacher the studies will find; returns its val top-1."""
+    import torch
+
+    from study.teacher import get_or_train_teacher
+
+    with contextlib.chdir(task.cwd):  # a relative imagefolder name resolves from here
+        info = get_or_train_teacher(
+            task.dataset,
+            TEACHER_ARCH,
+            teachers_dir=teachers_dir,
+            allow_train=True,
+            val_fraction=val_fraction,
+            split_seed=0,
+            max_per_class=plan.max_per_class,
+            epochs=plan.teacher_epochs,
+            schedule="cosine",
+            device="cuda" if torch.cuda.is_available() else "cpu",
+        )
+    return float(info.val_top1 or math.nan)
+
+
+# -- studies -------------------------------------------------------------------------------
+def study_yaml(workdir: Path, name: str, overlay: dict[str, Any]) -> Path:
+    """A study file that extends the benchmark space (absolute ``extends:``, resolved now)."""
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"extends": str(SPACE), "name": name, **overlay}))
+    return path
+
+
+def run_study(
+    space: Path, storage: Path, teachers_dir: Path, task: Task, extra: list[str]
+) -> float:
+    """One ``study/run.py`` subprocess; returns its wall time. Raises on a non-zero exit."""
+    cmd = [sys.executable, str(RUN), "--space", str(space), "--storage", str(storage)]
+    cmd += ["--teachers-dir", str(teachers_dir), "--skip-baselines", "--quiet", *extra]
+    env = {**os.environ, "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    log = storage.parent / f"{storage.name}.log"
+    t0 = time.monotonic()
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, cwd=task.cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-20:])
+        raise RuntimeError(f"study {space.name} exited {proc.returncode}; log {log}:\n{tail}")
+    return time.monotonic() - t0
+
+
+def trial_epochs(storage: Path) -> dict[str, int]:
+    """Epochs each searched trial ran: the largest ``training_iteration`` in its results."""
+    out: dict[str, int] = {}
+    for result in sorted((storage / "ray" / "search").glob("*/result.json")):
+        its = [
+            int(json.loads(line).get("training_iteration", 0))
+            for line in result.read_text().splitlines()
+            if line.strip()
+        ]
+        out[result.parent.name] = max(its, default=0)
+    return out
+
+
+def searched(storage: Path) -> list[dict[str, Any]]:
+    """The leaderboard's searched trials (complete first, then by the objective)."""
+    return json.loads((storage / "leaderboard.json").read_text())["searched"]
+
+
+def config_key(overrides: dict[str, Any]) -> str:
+    """A configuration's name without the trial seed (numbers printed with %g)."""
+
+    def fmt(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    parts = [
+        f"{k.removeprefix('losses.').removeprefix('handoff.')}={fmt(v)}"
+        for k, v in sorted(overrides.items())
+        if k != "seed"
+    ]
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class GridRow:
+    config: str
+    mean: float
+    std: float
+    values: dict[int, float]  # trial seed -> objective
+
+
+def grid_table(trials: list[dict[str, Any]], seeds: tuple[int, ...]) -> list[GridRow]:
+    """Mean (± sample std) of each configuration's complete trials over seeds, best first."""
+    by_cfg: dict[str, dict[int, float]] = {}
+    for t in trials:
+        if t["status"] != "TERMINATED" or t["epochs"] < t["planned_epochs"]:
+            continue
+        seed = int(t["overrides"].get("seed", t["seed"]))
+        by_cfg.setdefault(config_key(t["overrides"]), {})[seed] = float(t["value"])
+    rows = []
+    for cfg, vals in by_cfg.items():
+        v = [vals[s] for s in seeds if s in vals]
+        std = statistics.stdev(v) if len(v) > 1 else math.nan
+        rows.append(GridRow(cfg, statistics.fmean(v), std, vals))
+    # a configuration missing a seed (failed trial) ranks on what it has; ties: by name
+    rows.sort(key=lambda r: (-r.mean, r.config))
+    return rows
+
+
+def asha_rungs(epochs: int, grace_period: float, reduction_factor: float) -> list[int]:
+    """Milestones of Ray's ASHA (grace * rf^k < max_t), then max_t."""
+    grace = max(1, round(grace_period * epochs))
+    rungs, r = [], float(grace)
+    while r < epochs:
+        rungs.append(int(r))
+        r *= reduction_factor
+    return [*rungs, epochs]
+
+
+def asha_cost_bound(n: int, rungs: list[int], reduction_factor: float) -> int:
+    """A conservative estimate of asynchronous ASHA's epochs for ``n`` trials.
+
+    Every trial reaches the first rung; past rung k (k >= 1) go ``ceil(n / rf^k)``
+    trials plus ``rf - 1`` (Ray's async ASHA lets a trial continue while fewer than
+    ``rf`` results are recorded at a rung, so the first arrivals always go on).
+    """
+    extra = math.ceil(reduction_factor) - 1
+    total = n * rungs[0]
+    for k in range(1, len(rungs)):
+        going_on = min(n, math.ceil(n / reduction_factor**k) + extra)
+        total += going_on * (rungs[k] - rungs[k - 1])
+    return total
+
+
+def asha_samples(n_configs: int, epochs: int, plan: Plan) -> int:
+    """The most samples whose :func:`asha_cost_bound` fits 30 % of the grid's epochs."""
+    rungs = asha_rungs(epochs, plan.grace_period, plan.reduction_factor)
+    budget = EPOCH_BUDGET * n_configs * epochs
+    n = 1
+    while n < n_configs and asha_cost_bound(n + 1, rungs, plan.reduction_factor) <= budget:
+        n += 1
+    return n
+
+
+def top_count(n_configs: int) -> int:
+    """Ranks in the top decile: ``floor(N / 10)``, at least the best one (tiny grids)."""
+    return max(1, math.floor(TOP_FRACTION * n_configs))
+
+
+# -- report --------------------------------------------------------------------------------
+def print_grid(rows: list[GridRow], seeds: tuple[int, ...], grid_epochs: int) -> None:
+    top = top_count(len(rows))
+    print(
+        f"\nGrid: {len(rows)} configurations x {len(seeds)} seeds, val/top1_best "
+        f"(mean ± std over seeds), {grid_epochs} epochs per seed; top decile: rank <= {top}"
+    )
+    seed_cols = "".join(f"{f's{s}':>8}" for s in seeds)
+    print(f"{'rank':>4}  {'config':<52}{'mean':>8}{'std':>7}{seed_cols}")
+    for i, r in enumerate(rows, 1):
+        per = "".join(f"{r.values[s]:>8.2f}" if s in r.values else f"{'-':>8}" for s in seeds)
+        mark = " *" if i <= top else ""
+        print(f"{i:>4}  {r.config:<52}{r.mean:>8.2f}{r.std:>7.2f}{per}{mark}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", type=Path, help="default: <tmp>/kdstudy-bench-search")
+    p.add_argument("--quick", action="store_true", help="smoke run: 4 configs, 2 epochs, 1 seed")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--seeds", type=int, default=3, help="trial seeds / study seeds")
+    p.add_argument("--max-per-class", type=int, default=200, help="CIFAR images per class")
+    p.add_argument("--teacher-epochs", type=int, default=15, help="CIFAR teacher (cosine)")
+    args = p.parse_args(argv)
+    t_start = time.monotonic()
+    root = (args.workdir or Path(tempfile.gettempdir()) / "kdstudy-bench-search").resolve()
+    run_dir = root / time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True)
+    task = resolve_task(root)
+    plan = make_plan(args, cifar=task.dataset != "digits")
+    teachers_dir = root / "teachers"
+    base_raw = yaml.safe_load(SPACE.read_text())
+    val_fraction = float(base_raw["trial"]["data"]["val_fraction"])
+
+    t0 = time.monotonic()
+    teacher_top1 = ensure_teacher(task, plan, teachers_dir, val_fraction)
+    print(
+        f"task: {task.label}, max_per_class {plan.max_per_class}, {plan.epochs} epochs, "
+        f"seeds {list(plan.seeds)}; teacher {TEACHER_ARCH} val top-1 {teacher_top1:.3f} "
+        f"({time.monotonic() - t0:.0f}s); work dir {run_dir}"
+    )
+    data = {"dataset": task.dataset, "max_per_class": plan.max_per_class}
+    data["cache_dir"] = str(root / "data-cache")
+    trial_overlay = {"epochs": plan.epochs, "data": data}
+
+    # -- the grid: seeds as a grid axis, one Ray session ------------------------------------
+    grid_search = dict(plan.search_overlay)
+    grid_search["seed"] = {"type": "categorical", "values": list(plan.seeds)}
+    grid_yaml = study_yaml(
+        run_dir,
+        "grid",
+        {
+            "trial": trial_overlay,
+            "search": grid_search,
+            "searcher": {"kind": "grid"},
+            "scheduler": {"kind": "fifo"},
+        },
+    )
+    wall = run_study(grid_yaml, run_dir / "grid", teachers_dir, task, [])
+    grid_trials = searched(run_dir / "grid")
+    rows = grid_table(grid_trials, plan.seeds)
+    n_cfg = len(rows)
+    grid_epochs_total = sum(trial_epochs(run_dir / "grid").values())
+    grid_epochs = n_cfg * plan.epochs  # per seed
+    print(
+        f"grid: {len(grid_trials)} trials, {grid_epochs_total} epochs in {wall:.0f}s "
+        f"({wall / max(grid_epochs_total, 1):.1f}s per epoch, 2 at a time)"
+    )
+    rank = {r.config: i for i, r in enumerate(rows, 1)}
+    top = top_count(n_cfg)
+
+    # -- ASHA + TPE per study seed ----------------------------------------------------------
+    samples = asha_samples(n_cfg, plan.epochs, plan)
+    rungs = asha_rungs(plan.epochs, plan.grace_period, plan.reduction_factor)
+    results = []
+    for s in plan.seeds:
+        overlay = {
+            "trial": {**trial_overlay, "seed": s},
+            "search": plan.search_overlay,
+            "searcher": {"kind": "tpe", "seed": s},
+            "scheduler": {
+                "kind": "asha",
+                "grace_period": plan.grace_period,
+                "reduction_factor": plan.reduction_factor,
+            },
+            "samples": samples,
+        }
+        storage = run_dir / f"asha-seed{s}"
+        wall = run_study(
+            study_yaml(run_dir, f"asha_seed{s}", overlay), storage, teachers_dir, task, []
+        )
+        trials = searched(storage)
+        used = sum(trial_epochs(storage).values())
+        best = next(
+            (
+                t
+                for t in trials
+                if t["status"] == "TERMINATED" and t["epochs"] >= t["planned_epochs"]
+            ),
+            None,
+        )
+        cfg = config_key(best["overrides"]) if best else "(no complete trial)"
+        r = rank.get(cfg)
+        results.append(
+            {
+                "seed": s,
+                "config": cfg,
+                "value": best["value"] if best else math.nan,
+                "rank": r,
+                "epochs": used,
+                "ratio": used / grid_epochs,
+                "hit": r is not None and r <= top,
+                "trials": len(trials),
+                "wall": wall,
+            }
+        )
+        print(f"asha seed {s}: {len(trials)} trials, {used} epochs in {wall:.0f}s")
+
+    # -- tables -----------------------------------------------------------------------------
+    print_grid(rows, plan.seeds, grid_epochs)
+    print(
+        f"\nASHA + TPE: {samples} samples per study (grace {rungs[0]} epochs, rungs {rungs}, "
+        f"reduction factor {plan.reduction_factor:g}); pick = best complete trial; "
+        f"grid epochs per seed {grid_epochs}"
+    )
+    print(
+        f"{'seed':>4}  {'picked config':<52}{'value':>7}{'grid mean':>10}{'rank':>7}"
+        f"{'pct':>6}{'epochs':>8}{'ratio':>7}  top-decile  budget"
+    )
+    for res in results:
+        r = res["rank"]
+        mean = rows[r - 1].mean if r else math.nan
+        pct = f"{r / n_cfg:.0%}" if r else "-"
+        print(
+            f"{res['seed']:>4}  {res['config']:<52}{res['value']:>7.2f}{mean:>10.2f}"
+            f"{(f'{r}/{n_cfg}' if r else '-'):>7}{pct:>6}{res['epochs']:>8}{res['ratio']:>7.2f}"
+            f"  {'PASS' if res['hit'] else 'FAIL':<10}  "
+            f"{'PASS' if res['ratio'] <= EPOCH_BUDGET else 'FAIL'}"
+        )
+    hits = sum(res["hit"] for res in results)
+    mean_ratio = statistics.fmean(res["ratio"] for res in results)
+    ok = hits == len(results) and all(res["ratio"] <= EPOCH_BUDGET for res in results)
+    print(
+        f"\ntop-decile picks {hits}/{len(results)}, mean epochs ratio {mean_ratio:.2f} "
+        f"(target: every pick in the top decile at <= {EPOCH_BUDGET:.0%} of the grid's epochs)"
+        f" -> {'PASS' if ok else 'FAIL'}" + (" [quick run: no target]" if plan.quick else "")
+    )
+    summary = {"grid": [vars(r) for r in rows], "asha": results, "samples": samples}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(f"wall time {time.monotonic() - t_start:.0f}s; studies under {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
