@@ -274,7 +274,7 @@ def run_training(
                 out = ts.criterion(s_out, t_out, y, info)
             loss = out.total
             if not torch.isfinite(loss):
-                bad = {k: float(v) for k, v in out.parts.items()}
+                bad = {k: float(v.detach()) for k, v in out.parts.items()}
                 raise NonFiniteLoss(
                     f"non-finite loss at epoch {epoch} batch {batch}: "
                     f"total={float(loss)} parts={bad}"
