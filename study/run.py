@@ -168,17 +168,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
 
     for noisy in ("mlflow", "alembic", "optuna"):  # their INFO lines drown the progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    storage.mkdir(parents=True, exist_ok=True)
     study_id = hashlib.sha256(str(storage).encode()).hexdigest()[:12]
-    if not args.resume:
-        meta = {
-            "spec_hash": spec.spec_hash(),
-            "space": str(Path(args.space).resolve()),
-            "study_id": study_id,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        (storage / "spec.json").write_text(json.dumps(spec.raw, indent=1, default=str))
-        (storage / "study.json").write_text(json.dumps(meta, indent=1))
 
     # -- teacher and cost matrix, once, on the driver ------------------------------------
     from study.teacher import TeacherCheckpointError, TeacherNotFoundError, ensure_teacher_and_cost
@@ -206,15 +196,36 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
             cost_seed=cost_cfg.get("seed", 0),
             cost_max_per_class=cost_cfg.get("max_per_class"),
         )
-    except (TeacherNotFoundError, TeacherCheckpointError, FileNotFoundError, ValueError) as exc:
-        msg = str(exc).replace("\n", " ")
-        return bad_input(f"teacher: {msg}")
+    except TeacherNotFoundError:
+        arch = trial["teacher"]["arch"]
+        return bad_input(
+            f"trial.teacher: no {arch} teacher for {dataset} in {teachers_dir} (only the "
+            f"embedded digits teacher is trained automatically): set trial.teacher.checkpoint "
+            f"to a checkpoint (mdistiller ckpt_epoch_240.pth or a state dict), pass "
+            f"--train-teacher, or run python study/teacher.py --dataset {dataset} --arch {arch} "
+            f"--out {teachers_dir}"
+        )
+    except (TeacherCheckpointError, FileNotFoundError, ValueError) as exc:
+        msg = " ".join(str(exc).split())
+        return bad_input(f"trial.teacher: {msg}")
     acc = tc.teacher.val_top1
     say(
         f"      {'trained' if tc.teacher.trained else 'reused'} {tc.teacher.ckpt_path.name} "
         f"(val top-1 {acc if acc is None else f'{acc:.2f}'}) in {time.time() - t0:.1f}s"
         + (f"; cost matrix {'cache hit' if tc.cost.cache_hit else 'built'}" if tc.cost else "")
     )
+
+    # the study exists from here on (a refused teacher leaves no study behind)
+    storage.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        meta = {
+            "spec_hash": spec.spec_hash(),
+            "space": str(Path(args.space).resolve()),
+            "study_id": study_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (storage / "spec.json").write_text(json.dumps(spec.raw, indent=1, default=str))
+        (storage / "study.json").write_text(json.dumps(meta, indent=1))
 
     resolved = dict(trial)
     resolved["teacher"] = {**trial["teacher"], "checkpoint": str(tc.teacher.ckpt_path)}

@@ -269,3 +269,20 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_files(tmp_path: Path) -> Non
     assert not (tmp_path / "st").exists()
     r = run_cli("--space", str(bad), "--num-samples", "0", cwd=tmp_path)
     assert r.returncode == 2 and "--num-samples" in r.stderr
+
+
+def test_cli_missing_teacher_on_a_large_dataset_is_refused_cleanly(tmp_path: Path) -> None:
+    """No silent teacher training on CIFAR-100; nothing written, no Ray, exit 2."""
+    r = run_cli(
+        "--space",
+        str(REPO / "search_spaces" / "wkl_schedule.yaml"),
+        "--storage",
+        str(tmp_path / "st"),
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: trial.teacher: no resnet32x4 teacher")
+    assert "--train-teacher" in lines[0] and "trial.teacher.checkpoint" in lines[0]
+    assert list(tmp_path.iterdir()) == []
