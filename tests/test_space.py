@@ -1,0 +1,60 @@
+"""Searcher wiring: early-stopped trials reach Optuna as PRUNED, complete ones as COMPLETE."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from study.space import FidelityAwareOptunaSearch, build_sampler, define_by_run
+from study.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_stopped_early_is_pruned_and_full_budget_is_complete() -> None:
+    spec = load_spec(REPO / "search_spaces" / "quickstart.yaml")
+    metric = spec.objective.reported_metric
+    s = FidelityAwareOptunaSearch(
+        12,
+        space=define_by_run(spec),
+        metric=metric,
+        mode="max",
+        sampler=build_sampler(spec),
+        points_to_evaluate=[dict(p) for p in spec.points],
+    )
+    first = s.suggest("a")
+    assert first["handoff.w_start"] == 0.625  # the published point comes first
+    s.suggest("b")
+    s.suggest("c")
+    for step in (1, 2, 3):
+        s.on_trial_result("a", {metric: 80.0 + step, "training_iteration": step})
+        s.on_trial_result("b", {metric: 70.0 + step, "training_iteration": step})
+    for step in range(4, 13):
+        s.on_trial_result("b", {metric: 90.0, "training_iteration": step})
+    s.on_trial_complete("a", {metric: 83.0, "training_iteration": 3})  # ASHA stopped it
+    s.on_trial_complete("b", {metric: 90.0, "training_iteration": 12})
+    s.on_trial_complete("c", None, error=True)
+    trials = {t.number: t for t in s._ot_study.get_trials()}
+    assert trials[0].state == TrialState.PRUNED
+    assert trials[0].intermediate_values == {1: 81.0, 2: 82.0, 3: 83.0}
+    assert trials[1].state == TrialState.COMPLETE and trials[1].value == 90.0
+    assert trials[2].state == TrialState.FAIL
+    # Ray checkpoints the searcher: it must pickle (define-by-run space included)
+    pickle.dumps(s.__dict__)
+
+
+def test_tpe_sampler_is_seeded_and_sized_to_the_budget() -> None:
+    spec = load_spec(REPO / "search_spaces" / "quickstart.yaml")
+    sampler = build_sampler(spec)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == 5  # 16 samples // 3
+    a = [
+        FidelityAwareOptunaSearch(
+            12, space=define_by_run(spec), metric="m", mode="max", sampler=build_sampler(spec)
+        ).suggest("x")
+        for _ in range(2)
+    ]
+    assert a[0] == a[1]
