@@ -254,12 +254,18 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         "study_id": study_id,
         **{f"version/{k}": v for k, v in package_versions().items()},
         **tc.provenance(),
+        "data/fingerprint": str(tc.teacher.meta.get("data_fingerprint", "")),
     }
 
     # -- MLflow: experiment + parent run, before any trial exists ------------------------
     from study.tracking import StudyTracker
 
     uri = args.tracking_uri or f"sqlite:///{storage / 'mlflow.db'}"
+    if uri.startswith(("http://", "https://")):
+        # MLflow's defaults retry a dead server for minutes per call; the tracker queues
+        # writes in its outbox instead (nothing lost), so fail fast
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     experiment = args.experiment or spec.name
     tracker = StudyTracker(
         uri, experiment, study_id, outbox_path=str(storage / "mlflow_outbox.jsonl")
@@ -304,6 +310,10 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         params = {k: v for k, v in flatten(full).items() if not k.startswith("output.")}
         cfg = TrialConfig.from_dict(full)
         params["config_hash"] = cfg.config_hash()
+        params.update(
+            {k: v for k, v in provenance.items() if k.startswith(("version/", "teacher/"))}
+        )
+        params["data.fingerprint"] = provenance.get("data/fingerprint", "")
         params["criterion"] = _criterion_formula(cfg)
         tags = {
             "role": role,

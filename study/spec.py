@@ -338,8 +338,13 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
     failure = raw.get("failure") or {}
     max_failures = _int(failure.get("max_failures", 2), "failure.max_failures", err, minimum=0)
     ckpts = raw.get("checkpoints") or {}
-    num_to_keep = ckpts.get("num_to_keep")
-    if num_to_keep is not None:
+    # Retention: resuming needs only the latest checkpoint (best/last weights, logits and
+    # per-class accuracy are kept apart, in the trial's output folder); PBT exploits copy
+    # donors' checkpoints, so it keeps them all (platform.md: a deleted donor hung PBT).
+    num_to_keep = ckpts.get("num_to_keep", "auto")
+    if num_to_keep == "auto":
+        num_to_keep = None if scheduler.kind == "pbt" else 2
+    elif num_to_keep is not None:
         num_to_keep = _int(num_to_keep, "checkpoints.num_to_keep", err, minimum=1)
     name = raw.get("name") or path.stem
     spec = StudySpec(
