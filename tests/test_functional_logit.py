@@ -39,6 +39,12 @@ def _cka_like_cost(C: int, seed: int = 1, dtype: torch.dtype = torch.float64) ->
     return F.sharpen_cost(D, 1.0)
 
 
+def _asymmetric(cost: torch.Tensor, seed: int = 2) -> torch.Tensor:
+    """The cost plus an asymmetric perturbation (zero diagonal kept): exercises Kᵀ ≠ K."""
+    bump = 0.1 * torch.rand(cost.shape, generator=_gen(seed), dtype=cost.dtype)
+    return (cost + bump.triu(1)).clamp(0.0, 1.0)
+
+
 def _nontarget(z: torch.Tensor, y: torch.Tensor, T: float) -> list[torch.Tensor]:
     """Per-sample renormalised non-target distributions of length C−1 (literal drop)."""
     out = []
@@ -167,16 +173,24 @@ def test_wkd_reference_matches_literal_per_sample_solver(dtype: torch.dtype, reg
     torch.testing.assert_close(out.target, lt)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("iters", [1, 2, 10])
-def test_wkd_reference_gradient_matches_autograd_through_literal_solver(iters: int) -> None:
+def test_wkd_reference_gradient_matches_autograd_through_literal_solver(
+    iters: int, symmetric: bool
+) -> None:
     # the reference solver's hand-written reverse pass vs autograd through the literal
     # per-sample [C−1, C−1] loop (value and gradient, float64)
     zs, zt, y = _logits(5, 9, seed=13, scale=3.0)
     cost = _cka_like_cost(9, seed=14)
+    cost = cost if symmetric else _asymmetric(cost)
     a = zs.clone().requires_grad_()
-    F.wkd_logit(a, zt, y, cost, 4.0, 0.1, iters, "reference").wasserstein.backward()
+    out = F.wkd_logit(a, zt, y, cost, 4.0, 0.1, iters, "reference")
+    out.wasserstein.backward()
     b = zs.clone().requires_grad_()
-    _wkd_reference_literal(b, zt, y, cost, 4.0, 0.1, iters)[0].backward()
+    wd, err = _wkd_reference_literal(b, zt, y, cost, 4.0, 0.1, iters)
+    wd.backward()
+    torch.testing.assert_close(out.wasserstein, wd, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out.marginal_error, err, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-13)
 
 
@@ -193,11 +207,11 @@ def test_wkd_reference_function_gradcheck_both_marginals() -> None:
     q = torch.softmax(
         torch.randn(B, C, generator=g, dtype=torch.float64).masked_fill(mask, -torch.inf), 1
     )
-    cf = torch.relu(_cka_like_cost(C, seed=16)) + 1e-8
+    cf = torch.relu(_asymmetric(_cka_like_cost(C, seed=16))) + 1e-8
     K = torch.exp(-cf / 0.2)
 
     def fn(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        return F._ReferenceWKD.apply(p, q, y, K, K * cf, 4)[0]
+        return F._ReferenceWKD.apply(p, q, y, K, K.T.contiguous(), K * cf, 4)[0]
 
     assert torch.autograd.gradcheck(fn, (p.requires_grad_(), q.requires_grad_()))
 
@@ -238,11 +252,14 @@ def test_wkd_converged_matches_reference_where_reference_converges() -> None:
     assert float(conv.marginal_error) < 1e-9
 
 
-@pytest.mark.parametrize("reg", [0.05, 0.02, 0.005])
-def test_wkd_converged_matches_pot(reg: float) -> None:
+@pytest.mark.parametrize(
+    ("reg", "symmetric"), [(0.05, True), (0.02, True), (0.005, True), (0.02, False)]
+)
+def test_wkd_converged_matches_pot(reg: float, symmetric: bool) -> None:
     B, C, T = 4, 8, 4.0
     zs, zt, y = _logits(B, C, seed=5)
     cost = _cka_like_cost(C, seed=6)
+    cost = cost if symmetric else _asymmetric(cost)
     out = F.wkd_logit(zs, zt, y, cost, T, reg, 50_000, "converged", tol=1e-9)
     ps_list, pt_list = _nontarget(zs, y, T), _nontarget(zt, y, T)
     vals = []
