@@ -627,19 +627,10 @@ class StudyTracker:
             TAG_STUDY_ID: self._study_id,
             TAG_ROLE: ROLE_STUDY,
         }
-        run = self._find_run(role=ROLE_STUDY)
-        if run is None:
-            run = self._client.create_run(
-                experiment_id, run_name=record["run_name"], tags=self._clip_tags(tags)
-            )
-            existing: dict[str, str] = {}
-        else:
-            existing = dict(run.data.params)
-            if run.info.status != "RUNNING":
-                self._client.update_run(run.info.run_id, status="RUNNING")
-            self._log_tags(run.info.run_id, tags)
-        run_id = run.info.run_id
-        self._log_params(run_id, record["params"], existing)
+        run_id = self._create_or_reopen(
+            self._find_run(role=ROLE_STUDY), experiment_id, record["run_name"], tags
+        )
+        self._log_params(run_id, record["params"], self._existing_params)
         for name, text in record["texts"].items():
             self._client.log_text(run_id, text, name)
         self._parent_run_id = run_id
@@ -658,20 +649,27 @@ class StudyTracker:
         }
         cached = self._runs.get(trial_id)
         run = self._client.get_run(cached) if cached else self._find_run(ROLE_TRIAL, trial_id)
-        if run is None:
-            run = self._client.create_run(
-                self._ensure_experiment(), run_name=record["run_name"], tags=self._clip_tags(tags)
-            )
-            existing: dict[str, str] = {}
-        else:
-            existing = dict(run.data.params)
-            if run.info.status != "RUNNING":
-                self._client.update_run(run.info.run_id, status="RUNNING")
-            self._log_tags(run.info.run_id, tags)
-        run_id = run.info.run_id
-        self._log_params(run_id, record["params"], existing)
+        run_id = self._create_or_reopen(run, self._ensure_experiment(), record["run_name"], tags)
+        self._log_params(run_id, record["params"], self._existing_params)
         self._runs[trial_id] = run_id
         return run_id
+
+    def _create_or_reopen(
+        self, run: Any, experiment_id: str, run_name: str, tags: dict[str, str]
+    ) -> str:
+        """Create the run, or set an existing one RUNNING again with refreshed tags.
+        Leaves its already-logged params in ``self._existing_params`` (params are immutable)."""
+        if run is None:
+            run = self._client.create_run(
+                experiment_id, run_name=run_name, tags=self._clip_tags(tags)
+            )
+            self._existing_params: dict[str, str] = {}
+            return run.info.run_id
+        self._existing_params = dict(run.data.params)
+        if run.info.status != "RUNNING":
+            self._client.update_run(run.info.run_id, status="RUNNING")
+        self._log_tags(run.info.run_id, tags)
+        return run.info.run_id
 
     def _apply_log_result(self, record: dict[str, Any]) -> bool:
         trial_id, step = record["trial_id"], int(record["step"])

@@ -33,6 +33,12 @@ def runs_of(storage: Path, experiment: str) -> tuple[object, list, list]:
     return client, parents, children
 
 
+def study_cmd(tmp_path: Path, storage: Path, *extra: str) -> list[str]:
+    space = str(REPO / "search_spaces" / "quickstart.yaml")
+    teachers = str(tmp_path / "teachers")
+    return [*RUN, "--space", space, "--storage", str(storage), "--teachers-dir", teachers, *extra]
+
+
 def check_structure(storage: Path, experiment: str, n_trials: int, n_baselines: int) -> list:
     client, parents, children = runs_of(storage, experiment)
     assert len(parents) == 1
@@ -60,15 +66,7 @@ def check_structure(storage: Path, experiment: str, n_trials: int, n_baselines: 
 def test_quickstart_runs_and_tracks_every_trial_once(tmp_path: Path) -> None:
     """The README's main command (make quickstart) on a fresh study directory."""
     storage = tmp_path / "qs"
-    cmd = [
-        *RUN,
-        "--space",
-        str(REPO / "search_spaces" / "quickstart.yaml"),
-        "--storage",
-        str(storage),
-        "--teachers-dir",
-        str(tmp_path / "teachers"),
-    ]
+    cmd = study_cmd(tmp_path, storage)
     t0 = time.time()
     r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     elapsed = time.time() - t0
@@ -108,20 +106,8 @@ def test_quickstart_runs_and_tracks_every_trial_once(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_killed_driver_resumes_with_one_run_per_trial(tmp_path: Path) -> None:
     storage = tmp_path / "kill"
-    cmd = [
-        *RUN,
-        "--space",
-        str(REPO / "search_spaces" / "quickstart.yaml"),
-        "--storage",
-        str(storage),
-        "--teachers-dir",
-        str(tmp_path / "teachers"),
-        "--num-samples",
-        "6",
-        "--max-epochs",
-        "8",
-        "--skip-baselines",
-    ]
+    extra = ("--num-samples", "6", "--max-epochs", "8", "--skip-baselines")
+    cmd = study_cmd(tmp_path, storage, *extra)
     proc = subprocess.Popen(
         cmd,
         cwd=tmp_path,
