@@ -261,8 +261,14 @@ def main(argv: list[str] | None = None) -> int:
 
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(CONCURRENCY, mp_context=ctx, initializer=_pool_init) as pool:
-            pids = {f.result() for f in [pool.submit(_warm, 1.0) for _ in range(CONCURRENCY)]}
-            assert len(pids) == CONCURRENCY, "the pool did not start both workers"
+            # both workers up before any clock starts: importing torch can take longer than
+            # a warm-up task on a busy machine, so repeat until two pids answered
+            pids: set[int] = set()
+            for _ in range(30):
+                pids |= {f.result() for f in [pool.submit(_warm, 2.0) for _ in range(CONCURRENCY)]}
+                if len(pids) >= CONCURRENCY:
+                    break
+            assert len(pids) >= CONCURRENCY, "the pool did not start both workers"
             # calibration: 3 epochs; the first may carry one-off costs, so take the median
             cal = pool.submit(
                 _inproc_trial, make_bases(trial, 1, 3)["t0"], str(work / "cal"), False
