@@ -473,6 +473,9 @@ def run_tuners(
                         max_concurrent_trials=spec.concurrency if searcher is None else None,
                         trial_name_creator=lambda t: t.trial_id,
                         trial_dirname_creator=lambda t: t.trial_id,
+                        # reuse worker processes: a fresh one per trial costs seconds of
+                        # imports, as much as a short digits trial (bench_ray_overhead.py)
+                        reuse_actors=True,
                     ),
                     run_config=run_config,
                 )

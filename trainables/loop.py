@@ -160,6 +160,11 @@ def setup_trial(cfg: TrialConfig, device: torch.device | None = None) -> TrialSe
         data.eval, data.preset, d.eval_batch_size, device, train=False, seed=0
     )
     # lazy loss state (projectors, priors) from one real batch, with its own stream
+    if len(data.eval.labels) == 0 or len(data.train.labels) == 0:
+        raise ValueError(
+            f"data: the {data.eval_split} or train split of {d.dataset!r} is empty "
+            f"(max_per_class={d.max_per_class}, val_fraction={d.val_fraction}); use more images"
+        )
     x, y = next(iter(eval_loader.epoch(1)))
     student.eval()
     with torch.no_grad():
