@@ -261,7 +261,7 @@ def _floored_cost(cost: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _reference_iterations(
     p: Tensor, q: Tensor, target: Tensor, K: Tensor, KT: Tensor, iters: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> list[Tensor]:
     """The published plain-domain solver (methods §3, step 4), batched on a shared kernel.
 
     ``u⁰ = 1/(C−1)`` on the non-target classes; repeat ``iters`` times
@@ -270,35 +270,37 @@ def _reference_iterations(
     and the other entries see exactly the sums of the literal per-sample
     ``[C−1, C−1]`` solver (tested). ``KT`` is ``Kᵀ`` (:func:`_kernel_transpose`).
 
-    Returns the stacked iterates ``(S, V, T, U)``, each ``[iters, B, C]``, with
+    Returns one ``[4, B, C]`` tensor per iteration k holding ``(S_k, V_k, T_k, U_k)``:
     ``S_k = Kᵀu_{k−1} + 1e-8``, ``V_k = p̃_t / S_k``, ``T_k = K V_k + 1e-8``,
-    ``U_k = p̃_s / T_k``: what the hand-written backward of :class:`_ReferenceWKD`
-    needs. No autograd here; results are written into preallocated buffers (on a CPU
-    every fresh ``[B, C]`` buffer costs page faults comparable to the arithmetic).
+    ``U_k = p̃_s / T_k``, what the hand-written backward of :class:`_ReferenceWKD`
+    needs. No autograd here; results are written in place into those buffers. One
+    buffer per iteration rather than one for all: glibc serves blocks above 32 MB
+    (all iterates at B = 256, C = 1000) by a fresh mmap every call, whose page faults
+    cost ~25 % of the solve; 4 MB blocks are reused from the heap.
     The first product is free: ``(Kᵀu⁰)_j = (Σ_i K_ij − K_yj)/(C−1)``.
     """
     B, C = p.shape
-    S, V, T, U = torch.empty((4, iters, B, C), dtype=p.dtype, device=p.device).unbind(0)
+    its = [torch.empty((4, B, C), dtype=p.dtype, device=p.device) for _ in range(iters)]
     with torch.no_grad():
-        torch.sub(K.sum(0), K.index_select(0, target), out=S[0])
-        S[0].div_(C - 1).add_(_PUBLISHED_EPS)
-        for k in range(iters):
+        torch.sub(K.sum(0), K.index_select(0, target), out=its[0][0])
+        its[0][0].div_(C - 1).add_(_PUBLISHED_EPS)
+        for k, (s, v, t, u) in enumerate(its):
             if k > 0:
-                torch.mm(U[k - 1], K, out=S[k])  # (Kᵀu)_j = Σ_i u_i K_ij
-                S[k].add_(_PUBLISHED_EPS)
-            torch.div(q, S[k], out=V[k])
-            torch.mm(V[k], KT, out=T[k])  # (K v)_i = Σ_j K_ij v_j
-            T[k].add_(_PUBLISHED_EPS)
-            torch.div(p, T[k], out=U[k])
-    return S, V, T, U
+                torch.mm(its[k - 1][3], K, out=s)  # (Kᵀu)_j = Σ_i u_i K_ij
+                s.add_(_PUBLISHED_EPS)
+            torch.div(q, s, out=v)
+            torch.mm(v, KT, out=t)  # (K v)_i = Σ_j K_ij v_j
+            t.add_(_PUBLISHED_EPS)
+            torch.div(p, t, out=u)
+    return its
 
 
 def _reference_solve(
     p: Tensor, q: Tensor, target: Tensor, K: Tensor, cost: Tensor, iters: int
 ) -> tuple[Tensor, Tensor]:
     """Final scalings ``(u, v)`` of the reference solver (no autograd; benchmarks)."""
-    _, V, _, U = _reference_iterations(p, q, target, K, _kernel_transpose(K, cost), iters)
-    return U[-1], V[-1]
+    its = _reference_iterations(p, q, target, K, _kernel_transpose(K, cost), iters)
+    return its[-1][3], its[-1][1]
 
 
 class _ReferenceWKD(torch.autograd.Function):
@@ -333,12 +335,12 @@ class _ReferenceWKD(torch.autograd.Function):
         KC: Tensor,
         iters: int,
     ) -> tuple[Tensor, Tensor]:
-        S, V, T, U = _reference_iterations(p, q, target, K, KT, iters)
-        u, v = U[-1], V[-1]
+        its = _reference_iterations(p, q, target, K, KT, iters)
+        u, v = its[-1][3], its[-1][1]
         kcv = v @ KC.T  # ((K∘C) v)_i
         wd = (u * kcv).sum(1)
         err = (v * (u @ K) - q).abs_().sum(1)  # Πᵀ1 = v ∘ Kᵀu (the collapse detector)
-        ctx.save_for_backward(K, KT, KC, S, V, T, U, kcv)
+        ctx.save_for_backward(K, KT, KC, kcv, *its)
         ctx.mark_non_differentiable(err)
         return wd, err
 
@@ -347,13 +349,14 @@ class _ReferenceWKD(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, g_wd: Tensor, _g_err: Tensor
     ) -> tuple[Tensor | None, ...]:
-        K, KT, KC, S, V, T, U, kcv = ctx.saved_tensors
+        K, KT, KC, kcv, *its = ctx.saved_tensors
+        S, V, T, U = ([it[j] for it in its] for j in range(4))
         need_p, need_q = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g = g_wd[:, None]
         gp = torch.zeros_like(U[0]) if need_p else None
         gq = torch.zeros_like(U[0]) if need_q else None
         gu = g * kcv
-        last = S.shape[0] - 1
+        last = len(S) - 1
         for k in range(last, -1, -1):
             w = gu.div_(T[k])  # ḡu_k / T_k
             if gp is not None:
@@ -423,24 +426,28 @@ def _converged_solve(
     """Entropic OT scalings ``u, v`` (``Π = diag(u) K diag(v)``) to marginal error < tol.
 
     Returns ``(u, v, K, Kᵀ, err, sweeps)`` with ``err = ‖Πᵀ1 − q‖₁`` per sample of the
-    returned plan (computed by the stopping test anyway). float64 scaling form on the shared kernel
-    ``K = exp(−C/λ)`` (methods §3: representable for C ≤ 1 down to λ ≈ 0.002).
+    returned plan (computed by the stopping test anyway). float64 scaling form on the
+    shared kernel ``K = exp(−C/λ)`` (methods §3: representable for C ≤ 1 down to
+    λ ≈ 0.002).
 
-    Why not plain Sinkhorn: its rate is the spectral gap of the plan, which shrinks as
-    the plan approaches a sparse OT plan; measured at C = 100 (T = 8, CKA-like cost) it
-    needs ~270 sweeps at λ = 0.05, ~19 000 at 0.02 and > 200 000 at 0.005. Instead:
-    damped Newton on the semi-dual in ``a = log u`` (Sinkhorn-Newton, Brauer, Clason,
-    Lorenz & Wirth 2017): ``v = q / Kᵀu`` exactly and ``J δ = p − u∘Kv`` with
-    ``J = D_p̂ − Π D_q⁻¹ Πᵀ``, solved by diagonally preconditioned CG using only
-    ``[B, C] × [C, C]`` products, then Armijo backtracking on the concave semi-dual
+    Plain Sinkhorn alone is not enough: its rate is the spectral gap of the plan, which
+    shrinks as the plan approaches a sparse OT plan; measured at C = 100 (T = 8,
+    CKA-like cost) it needs ~225 sweeps at λ = 0.05, ~21 000 at 0.02 and > 200 000 at
+    0.005. So each stage starts with plain sweeps (cheap: ~9 tensor ops each) and keeps
+    them while their measured rate predicts the end within ``_SINKHORN_BUDGET`` sweeps
+    (at large λ they finish alone), then switches to damped Newton on the semi-dual in
+    ``a = log u`` (Sinkhorn-Newton, Brauer, Clason, Lorenz & Wirth 2017):
+    ``v = q / Kᵀu`` exactly and ``J δ = p − u∘Kv`` with ``J = D_p̂ − Π D_q⁻¹ Πᵀ``, solved
+    by diagonally preconditioned CG (:func:`_pcg`) using only ``[B, C] × [C, C]``
+    products, then Armijo backtracking on the concave semi-dual
     ``ψ(a) = ⟨a, p⟩ − ⟨q, log Kᵀe^a⟩``. Newton's region of fast convergence shrinks with
     λ, so λ is annealed (ε-scaling: λ·2^k down to λ, warm-started through the
     potentials ``f = λ·a``), each intermediate stage solved loosely. Work is counted in
     ``[B, C] × [C, C]`` products and reported in kernel sweeps = products / 2 (rounded
     up; a sweep is one product with K and one with Kᵀ, the work of one reference
-    iteration), the unit ``max_iters`` caps. The
-    returned plan ends with a u-update (as the reference solver): the student marginal
-    is exact and the stopping test is on the teacher-marginal L1 error it carries.
+    iteration), the unit ``max_iters`` caps. The returned plan ends with a u-update (as
+    the reference solver): the student marginal is exact and the stopping test is on
+    the teacher-marginal L1 error it carries.
     """
     supp_p = p > 0
     # masks as numbers: multiplying by 0/1 costs a third of torch.where at C = 100, and
@@ -721,7 +728,8 @@ def wkd_logit(
         solver: ``"reference"`` — the published plain-domain solver, unrolled for
             autograd, in float32 even under autocast (float64 if an input is float64);
             it collapses silently below λ ≈ 0.03 (methods §3), which ``marginal_error``
-            detects. ``"converged"`` — float64 Sinkhorn-Newton to ``tol``, gradient by
+            detects. ``"converged"`` — float64 Sinkhorn then Sinkhorn-Newton to ``tol``
+            (see ``_converged_solve``), gradient by
             implicit differentiation (exact at the fixed point), accurate for λ down to
             0.005 and below while ``max(cost)/λ < ~700``.
         tol: converged solver only (ignored by the reference solver): per-sample
