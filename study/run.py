@@ -396,6 +396,8 @@ def run_tuners(
     env = os.environ
     env.setdefault("RAY_AUTH_MODE", "disabled")  # platform.md: set explicitly
     env.setdefault("RAY_DEDUP_LOGS", "1")
+    # num_to_keep forces experiment snapshots; frequent with short epochs, harmless
+    env.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     env.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if args.address:

@@ -24,6 +24,7 @@ from trainables.config import TrialConfig, with_overrides
 from trainables.loop import NonFiniteLoss, SinkhornCollapsed, run_training
 
 STATE_FILE = "state.pt"
+_DETERMINISTIC = {"NonFiniteLoss": NonFiniteLoss, "SinkhornCollapsed": SinkhornCollapsed}
 
 
 def trial_overrides(config: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +46,11 @@ def train_trial(config: dict[str, Any], bases: dict[str, dict[str, Any]]) -> Non
     base = bases[config.get("base", "search")]
     cfg = TrialConfig.from_dict(with_overrides(base, trial_overrides(config)))
     trial_dir = Path(cfg.output.dir) / trial_id if cfg.output.dir else None
+    failure = trial_dir / "failure.json" if trial_dir else None
+    if failure is not None and failure.is_file():
+        # a deterministic failure (NaN, collapse) recurs on every retry: fail at once
+        reason = json.loads(failure.read_text())
+        raise _DETERMINISTIC[reason["reason"]](f"(again, not retried) {reason['message']}")
     resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
