@@ -136,3 +136,41 @@ def test_killed_driver_resumes_with_one_run_per_trial(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     check_structure(storage, "quickstart", 6, 0)
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path: Path) -> None:
+    space = tmp_path / "diverge.yaml"
+    space.write_text(
+        f"extends: {REPO / 'search_spaces' / 'quickstart.yaml'}\n"
+        "name: diverge\n"
+        "trial: {epochs: 4}\n"
+        "search:\n"
+        "  optim.lr: {type: categorical, values: [0.05, 1.0e+12]}\n"
+        "points: [{optim.lr: 1.0e+12}, {optim.lr: 0.05}]\n"
+        "samples: 2\n"
+        "scheduler: {kind: fifo}\n"
+        "failure: {max_failures: 2}\n"
+    )
+    storage = tmp_path / "st"
+    cmd = [
+        *RUN,
+        "--space",
+        str(space),
+        "--storage",
+        str(storage),
+        "--skip-baselines",
+        "--teachers-dir",
+        str(tmp_path / "teachers"),
+    ]
+    r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "(1 searched trial(s) failed" in r.stdout
+    client, _, children = runs_of(storage, "diverge")
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
+    (failed,) = [c for c in children if c.info.status == "FAILED"]
+    arts = [a.path for a in client.list_artifacts(failed.info.run_id, "outputs")]
+    assert "outputs/failure.json" in arts
+    error = client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))
+    text = Path(error).read_text()
+    assert "NonFiniteLoss" in text and "(again, not retried)" in text
