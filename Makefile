@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 STUDY  ?= studies/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install quickstart test test-fast lint format bench clean
+.PHONY: install quickstart test test-fast lint format bench bench-search clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_losses.py
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_ray_overhead.py
+
+# ~25 min on 2 cores: ASHA + TPE vs a full grid on CIFAR-10 JPEGs (digits without ../shared)
+bench-search: $(STAMP)
+	$(PY) benchmarks/bench_search.py
 
 clean:
 	rm -rf studies .pytest_cache .ruff_cache
