@@ -573,7 +573,16 @@ def save_teacher(
 
 
 def registry_folder(teachers_dir: str | os.PathLike[str], dataset: str, arch: str) -> Path:
-    """``<teachers_dir>/<dataset>__<arch>``: one registry entry per dataset and architecture."""
+    """``<teachers_dir>/<dataset>__<arch>``: one registry entry per dataset and architecture.
+
+    ``imagefolder:<path>`` datasets are keyed by the folder's name and a hash of its
+    resolved path (``imagefolder-<name>-<sha8>``), so absolute paths work and two trees
+    with the same name do not share a teacher.
+    """
+    if dataset.startswith("imagefolder:"):
+        where = Path(dataset.split(":", 1)[1]).expanduser().resolve()
+        digest = hashlib.sha256(str(where).encode()).hexdigest()[:8]
+        dataset = f"imagefolder-{where.name or 'root'}-{digest}"
     for part, name in ((dataset, "dataset"), (arch, "arch")):
         if not part or "/" in part or os.sep in part or part.startswith("."):
             raise ValueError(f"invalid {name} name for a registry folder: {part!r}")

@@ -546,3 +546,14 @@ def test_cka_cost_on_real_cifar10_images_with_zoo_teacher(tmp_path: Path) -> Non
         ]
     ref = cka_distance_reference([rows_of(m.numpy()) for m in maps])
     np.testing.assert_allclose(d.numpy(), ref, atol=1e-4)
+
+
+def test_registry_folder_accepts_absolute_imagefolder_paths(tmp_path: Path) -> None:
+    from study.teacher import registry_folder
+
+    a = registry_folder(tmp_path, f"imagefolder:{tmp_path / 'data' / 'cifar10-jpeg'}", "cnn_large")
+    b = registry_folder(tmp_path, f"imagefolder:{tmp_path / 'other' / 'cifar10-jpeg'}", "cnn_large")
+    assert a.parent == tmp_path.absolute() and a.name.startswith("imagefolder-cifar10-jpeg-")
+    assert a != b  # same folder name, different trees: different teachers
+    with pytest.raises(ValueError, match="invalid arch"):
+        registry_folder(tmp_path, "digits", "../x")
