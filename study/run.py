@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # MLflow's INFO lines (database set-up) drown the progress; warnings still show
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     overrides: dict[str, Any] = {}
     for flag, key in (
         ("num_samples", "samples"),
