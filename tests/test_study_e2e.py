@@ -55,6 +55,8 @@ def check_structure(storage: Path, experiment: str, n_trials: int, n_baselines: 
         hist = client.get_metric_history(c.info.run_id, "training_iteration")
         steps = sorted(int(m.step) for m in hist)
         assert steps == list(range(1, len(steps) + 1)), f"steps {steps} duplicated or missing"
+        if c.info.status == "FAILED" and not steps:
+            continue  # diverged in its first epoch (TPE may propose such a weight): no metrics
         assert int(c.data.metrics["training_iteration"]) == len(steps)
         assert "val/top1_best" in c.data.metrics and "weight/ce" in c.data.metrics
     baselines = [c for c in children if c.data.tags["role"] == "baseline"]
