@@ -178,4 +178,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path:
     # Ray retried it (max_failures 2); the retries failed at once, without recomputing
     ray_error = storage / "ray" / "search" / failed.data.tags["trial_id"] / "error.txt"
     attempts = ray_error.read_text()
-    assert attempts.count("Failure #") == 3 and attempts.count("NonFiniteLoss: (again, not retried)") == 2
+    assert (
+        attempts.count("Failure #") == 3
+        and attempts.count("NonFiniteLoss: (again, not retried)") == 2
+    )
