@@ -282,7 +282,7 @@ def run_training(
                 bad = {k: float(v.detach()) for k, v in out.parts.items()}
                 raise NonFiniteLoss(
                     f"non-finite loss at epoch {epoch} batch {batch}: "
-                    f"total={float(loss)} parts={bad}"
+                    f"total={float(loss.detach())} parts={bad}"
                 )
             ts.optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
