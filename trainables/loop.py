@@ -23,7 +23,6 @@ import os
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,7 +268,8 @@ def run_training(
         ts.student.train()
         ts.criterion.train()
         ts.criterion.on_epoch_start(info)
-        sums: dict[str, float] = defaultdict(float)
+        # detached device tensors, read once per epoch: no host sync per part and batch
+        sums: dict[str, Tensor] = {}
         n_batches = 0
         for batch, (x, y) in enumerate(ts.train_loader.epoch(epoch)):
             with torch.no_grad(), _autocast(dev, amp):
@@ -294,16 +294,16 @@ def run_training(
                 ts.optimizer.step()
             s_det = ModelOutputs(s_out.logits.detach(), (), s_out.pooled.detach())
             ts.criterion.on_batch_end(s_det, t_out, y)
-            sums["train/loss"] += loss.item()
+            _accumulate(sums, "train/loss", loss)
             for k, v in out.parts.items():
-                sums[f"train/{k}"] += v.item()
+                _accumulate(sums, f"train/{k}", v)
             for k, v in out.diagnostics.items():
-                sums[f"diag/{k}"] += v.item()
+                _accumulate(sums, f"diag/{k}", v)
             for k, v in _alignment(s_out.logits, t_out.logits, y, T_diag).items():
-                sums[f"diag/{k}"] += v
+                _accumulate(sums, f"diag/{k}", v)
             n_batches += 1
         ts.criterion.on_epoch_end(info)
-        metrics = {k: v / max(n_batches, 1) for k, v in sums.items()}
+        metrics = {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
         for name, w in out.weights.items():
             metrics[f"weight/{name}"] = w
         # loss_w of the published figures: γ(e)·WD, the weighted Wasserstein part
@@ -342,13 +342,18 @@ def run_training(
     return metrics
 
 
-def _alignment(zs: Tensor, zt: Tensor, y: Tensor, T: float) -> dict[str, float]:
+def _accumulate(sums: dict[str, Tensor], key: str, value: Tensor) -> None:
+    v = value.detach().double()  # float64: the epoch sum of hundreds of batches
+    sums[key] = sums[key] + v if key in sums else v
+
+
+def _alignment(zs: Tensor, zt: Tensor, y: Tensor, T: float) -> dict[str, Tensor]:
     d = F.alignment_diagnostics(zs.detach().float(), zt.float(), y, T)
     with torch.no_grad():
         # target term L_t of WKD-L at T = 1: −p_t(y)·log p_s(y), batch mean
         pt = torch.softmax(zt.float(), 1).gather(1, y[:, None])
         ls = torch.log_softmax(zs.detach().float(), 1).gather(1, y[:, None])
-        d = {**{k: float(v) for k, v in d.items()}, "target": float(-(pt * ls).mean())}
+        d = {**d, "target": -(pt * ls).mean()}
     return d
 
 
