@@ -349,6 +349,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         metrics=metrics,
         tags={"best_trial": best["trial_id"]} if best else None,
         texts={"leaderboard.txt": table},
+        known_trials=[s.trial_id for s in summaries],
     )
     print()
     print(table)

@@ -64,16 +64,65 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
 
 
 class FidelityAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells a trial stopped before ``full_budget`` epochs as PRUNED.
+    """OptunaSearch that tells a trial stopped before ``full_budget`` epochs as PRUNED,
+    and never starts a configuration it has already run.
 
     Its intermediate values were already reported step by step (``on_trial_result``),
     so TPE ranks it by the budget it reached, below complete trials, instead of taking
     a low-budget score as a final result (Ray's default: COMPLETE with the last value).
+
+    Repeats: every searched trial of a study has the same seeds (common random numbers),
+    so a configuration proposed again would train to the identical result; on categorical
+    spaces TPE does propose its incumbent again. Such a draw is told to Optuna as PRUNED
+    without values (no new information; TPE moves away from it) and another is drawn, up
+    to ``max_redraws`` times. When a finite space (``n_points`` configurations) has been
+    run completely, the search ends (``Searcher.FINISHED``) instead of repeating a trial.
     """
 
-    def __init__(self, full_budget: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        full_budget: int,
+        *,
+        n_points: int | None = None,
+        max_redraws: int = 32,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._full_budget = full_budget
+        self._n_points = n_points
+        self._max_redraws = max_redraws
+        self.repeats_skipped = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        from ray.tune.search import Searcher
+
+        for attempt in range(self._max_redraws + 1):
+            config = super().suggest(trial_id)
+            if not config or not callable(self._space) or not self._is_repeat(trial_id):
+                return config
+            if attempt == self._max_redraws:
+                break  # a large space that keeps repeating itself: run the repeat
+            self._ot_study.tell(self._ot_trials.pop(trial_id), None, state=OptunaTrialState.PRUNED)
+            self.repeats_skipped += 1
+            if self._n_points is not None and len(self._distinct_run()) >= self._n_points:
+                return Searcher.FINISHED
+        return config
+
+    def _run_trials(self) -> list[Any]:
+        """Optuna trials Ray runs or ran (redraws skipped above are not among them)."""
+        mine = {t.number for t in self._ot_trials.values()}
+        return [t for t in self._ot_study.get_trials(deepcopy=False) if t.number in mine]
+
+    def _distinct_run(self) -> set[str]:
+        return {repr(sorted(t.params.items())) for t in self._run_trials()}
+
+    def _is_repeat(self, trial_id: str) -> bool:
+        new = self._ot_trials[trial_id]
+        key = repr(sorted(new.params.items()))
+        return any(
+            t.number != new.number and repr(sorted(t.params.items())) == key
+            for t in self._run_trials()
+        )
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -125,8 +174,10 @@ def build_searcher(spec: StudySpec, full_budget: int) -> Any:
     if spec.searcher.kind == "grid" or spec.scheduler.kind == "pbt":
         return None
 
+    finite = all(p.type == "categorical" for p in spec.search)
     searcher = FidelityAwareOptunaSearch(
         full_budget,
+        n_points=len(grid_points(spec)) if finite else None,
         space=define_by_run(spec),
         metric=spec.objective.reported_metric,
         mode=spec.objective.mode,

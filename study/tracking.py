@@ -36,7 +36,7 @@ import numbers
 import os
 import posixpath
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,10 @@ TAG_ROLE = "run_kind"  # internal lookup key ("study" | "trial"); "role" is the 
 TAG_TRIAL_ID = "trial_id"
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
+TAG_ORPHANED = "orphaned"
+ORPHAN_REASON = (
+    "the driver was killed before Ray saved this trial; the resumed study does not contain it"
+)
 #: MLflow's own nesting tag (``mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID``); setting it at
 #: creation nests the child under the parent in the UI without any fluent ``start_run``.
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"
@@ -415,11 +419,17 @@ class StudyTracker:
         metrics: dict[str, float] | None = None,
         tags: dict[str, str] | None = None,
         texts: dict[str, str] | None = None,
+        known_trials: Iterable[str] | None = None,
     ) -> None:
         """Flush the outbox, log the study's summary and terminate the parent with ``status``.
 
         Any child run still RUNNING is terminated too: FINISHED if ``status`` is FINISHED,
-        else KILLED. If MLflow is unreachable this is queued like any write; the outbox file
+        else KILLED. With ``known_trials`` (every trial id the finished study has), a child
+        run of any other trial is retired: tagged ``orphaned``, set KILLED and soft-deleted
+        (``mlflow runs restore`` brings it back). Such a run exists when a driver was killed
+        after a trial started but before Ray saved that trial in its experiment state: the
+        resumed study never sees the trial again and the searcher proposes a new one. If MLflow
+        is unreachable this is queued like any write; the outbox file
         then holds the rest and the next tracker on it (e.g. the next driver start) lands it.
         """
         if status not in TERMINAL_STATUSES:
@@ -431,6 +441,7 @@ class StudyTracker:
             "metrics": self._clean_metrics(metrics or {}),
             "tags": {str(k): str(v) for k, v in (tags or {}).items()},
             "texts": dict(texts or {}),
+            "known_trials": None if known_trials is None else sorted(set(known_trials)),
         }
         self._flush(force=True)
         self._submit(record)
@@ -709,10 +720,31 @@ class StudyTracker:
             self._log_tags(parent_id, record["tags"])
         for name, text in record["texts"].items():
             self._client.log_text(parent_id, text, name)
+        known = record.get("known_trials")
+        if known is not None:
+            self._retire_orphans(set(known))
         child_status = "FINISHED" if record["status"] == "FINISHED" else "KILLED"
         for run in self._search_runs(role=ROLE_TRIAL, status="RUNNING"):
             self._client.set_terminated(run.info.run_id, child_status)
         self._client.set_terminated(parent_id, record["status"])
+
+    def _retire_orphans(self, known: set[str]) -> None:
+        for run in self._search_runs(role=ROLE_TRIAL):
+            trial_id = run.data.tags.get(TAG_TRIAL_ID)
+            if trial_id in known:
+                continue
+            run_id = run.info.run_id
+            self._client.set_tag(run_id, TAG_ORPHANED, ORPHAN_REASON)
+            if run.info.status == "RUNNING":
+                self._client.set_terminated(run_id, "KILLED")
+            self._client.delete_run(run_id)
+            self._runs.pop(str(trial_id), None)
+            logger.warning(
+                "retired MLflow run %s of trial %s: not part of the finished study (%s)",
+                run_id,
+                trial_id,
+                ORPHAN_REASON,
+            )
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -58,3 +58,55 @@ def test_tpe_sampler_is_seeded_and_sized_to_the_budget() -> None:
         for _ in range(2)
     ]
     assert a[0] == a[1]
+
+
+def test_repeats_are_redrawn_and_an_exhausted_space_finishes() -> None:
+    """Same seeds make a repeated configuration an identical trial: never run it twice."""
+    from ray.tune.search import Searcher
+
+    def define(trial: optuna.Trial) -> None:
+        trial.suggest_categorical("w", [1.0, 4.0])
+
+    s = FidelityAwareOptunaSearch(
+        4,
+        n_points=2,
+        space=define,
+        metric="m",
+        mode="max",
+        # TPE after 1 start-up trial: it proposes its incumbent again and again
+        sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=1),
+    )
+    seen = []
+    for i in range(2):
+        cfg = s.suggest(f"t{i}")
+        assert isinstance(cfg, dict)
+        seen.append(cfg["w"])
+        s.on_trial_complete(f"t{i}", {"m": 50.0 + i, "training_iteration": 4})
+    assert sorted(seen) == [1.0, 4.0]  # the second draw is the other point, not a repeat
+    assert s.suggest("t2") == Searcher.FINISHED  # both points run: stop, don't repeat
+    states = [t.state for t in s._ot_study.get_trials()]
+    assert states.count(TrialState.COMPLETE) == 2
+    assert states.count(TrialState.PRUNED) == s.repeats_skipped >= 1
+
+
+def test_repeats_run_when_redraws_run_out() -> None:
+    """A space that keeps proposing the same point (no n_points, no redraws): the repeat runs,
+    and its Optuna trial stays attached so results can be reported."""
+
+    def define(trial: optuna.Trial) -> None:
+        trial.suggest_categorical("w", [1.0])
+
+    s = FidelityAwareOptunaSearch(
+        4,
+        max_redraws=0,
+        space=define,
+        metric="m",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    assert s.suggest("a") == {"w": 1.0}
+    s.on_trial_complete("a", {"m": 1.0, "training_iteration": 4})
+    assert s.suggest("b") == {"w": 1.0}
+    s.on_trial_result("b", {"m": 2.0, "training_iteration": 1})
+    s.on_trial_complete("b", {"m": 2.0, "training_iteration": 4})
+    assert [t.state for t in s._ot_study.get_trials()] == [TrialState.COMPLETE] * 2

@@ -222,6 +222,36 @@ def test_finish_study_finished_closes_children_and_pickle_roundtrip(store: str, 
     assert _steps(uri, child.info.run_id, "m") == [1, 2]
 
 
+def test_finish_study_retires_runs_of_trials_the_study_lost(store: str, exp: str) -> None:
+    """A driver killed after a trial's run was created but before Ray saved the trial leaves a
+    run the resumed study never sees again: finish_study(known_trials=...) soft-deletes it."""
+    uri = store
+    tracker = StudyTracker(uri, exp, "study-orphans")
+    parent = tracker.open_study(run_name="s", params={}, tags={}, texts={})
+    kept = tracker.trial_run("kept", run_name="k", params={}, tags={})
+    tracker.log_result("kept", 1, {"m": 1.0})
+    lost = tracker.trial_run("lost", run_name="l", params={}, tags={})
+    tracker.log_result("lost", 1, {"m": 0.5})
+    other = StudyTracker(uri, exp, "study-other")  # another study's run is never touched
+    other.open_study(run_name="o", params={}, tags={}, texts={})
+    foreign = other.trial_run("lost", run_name="l", params={}, tags={})
+    # the resumed driver: a fresh tracker on the same study
+    resumed = StudyTracker(uri, exp, "study-orphans")
+    resumed.open_study(run_name="s", params={}, tags={}, texts={})
+    resumed.finish_study("FINISHED", known_trials=["kept"])
+    runs = {r.info.run_id: r for r in _all_runs(uri, exp)}
+    assert runs[lost].info.lifecycle_stage == "deleted"
+    assert runs[lost].info.status == "KILLED" and "orphaned" in runs[lost].data.tags
+    assert runs[kept].info.lifecycle_stage == "active" and runs[kept].info.status == "FINISHED"
+    assert runs[foreign].info.lifecycle_stage == "active"
+    assert runs[foreign].info.status == "RUNNING"
+    assert runs[parent].info.status == "FINISHED"
+    # idempotent: a replayed finish (outbox) changes nothing
+    resumed.finish_study("FINISHED", known_trials=["kept"])
+    again = {r.info.run_id: (r.info.status, r.info.lifecycle_stage) for r in _all_runs(uri, exp)}
+    assert again == {k: (r.info.status, r.info.lifecycle_stage) for k, r in runs.items()}
+
+
 def test_studies_in_one_experiment_do_not_interfere(store: str, exp: str) -> None:
     uri = store
     one = StudyTracker(uri, exp, "study-1")
