@@ -390,6 +390,7 @@ def run_tuners(
 ) -> list[Any]:
     import ray
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from study.callbacks import MLflowStudyCallback
     from study.progress import ProgressCallback
@@ -402,6 +403,9 @@ def run_tuners(
     # num_to_keep forces experiment snapshots; frequent with short epochs, harmless
     env.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     env.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray's default loggers write CSV, JSON and TensorBoard files for every result; MLflow is
+    # the record here, so only result.json is kept (Result.metrics_dataframe reads it)
+    env.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
@@ -451,6 +455,7 @@ def run_tuners(
                 ProgressCallback(
                     name, total, spec.objective.reported_metric, epochs, quiet=args.quiet
                 ),
+                JsonLoggerCallback(),
             ]
             run_config = tune.RunConfig(
                 name=name,
