@@ -38,11 +38,16 @@ One run measures, on CPU with 1 intra-op thread per trial (a trial with ``cpu: 1
     trial's latency at 2 concurrent, ``delta / (M / 2)``) and per study (``delta / M``,
     what a study of M trials pays in wall time per trial).
 
+The in-process and Ray passes of (1) and (2) alternate ``--repeats`` times (default 2)
+with the pool kept warm in between, and the ratio is over all passes: this machine's
+speed drifts by 10-20 % between minutes (the same Ray pass measured 26.7 s and 34.0 s
+of training per trial in two runs), and alternating puts both sides under the same drift.
+
 The machine may be shared: the 1-minute load average is printed at each phase; a
 load well above 2 (the CPUs used here) inflates whichever phase it overlaps.
 
 Run: ``.venv/bin/python benchmarks/bench_ray_overhead.py [--n 4] [--trial-seconds 30]
-[--m 8] [--student resnet8x4] [--quick]``. Target: Ray wall / in-process wall (both
+[--m 8] [--student resnet8x4] [--repeats 2] [--quick]``. Target: Ray wall / in-process wall (both
 including their worker start) <= 1.10.
 """
 
@@ -180,6 +185,81 @@ def make_bases(
     return bases
 
 
+class CpuSampler:
+    """CPU seconds of the driver, Ray's trial workers and Ray's own processes during a phase.
+
+    A thread reads ``/proc/<pid>/stat`` (utime + stime) every ``period`` seconds for this
+    process and every process whose command line mentions ray, keeping the last value of
+    each pid (a process that exits between two samples loses at most one period). A pid
+    ever seen titled ``ray::ImplicitFunc`` is a trial worker (its CPU is the training);
+    the driver is this process; the rest (GCS, raylet, log monitor, idle workers) is
+    Ray's system. Linux only; elsewhere every number is NaN.
+    """
+
+    def __init__(self, period: float = 0.5) -> None:
+        import threading
+
+        self._period = period
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._trial_pids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        out: dict[int, tuple[str, float]] = {}
+        if not os.path.isdir("/proc"):
+            return out
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+                if pid != os.getpid() and "ray" not in cmd:
+                    continue
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                out[pid] = (cmd, (int(fields[11]) + int(fields[12])) / self._tick)
+            except (OSError, IndexError, ValueError):
+                continue
+        return out
+
+    def _record(self, first: bool) -> None:
+        for pid, (cmd, cpu) in self._sample().items():
+            if first:
+                self._start[pid] = cpu
+            self._last[pid] = cpu
+            if "ImplicitFunc" in cmd:
+                self._trial_pids.add(pid)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self._record(first=False)
+
+    def __enter__(self) -> CpuSampler:
+        self._record(first=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._record(first=False)
+
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds used during the phase: driver, trial workers, Ray system."""
+        if not self._last:
+            return {"driver": math.nan, "trials": math.nan, "system": math.nan}
+        used = {pid: cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items()}
+        me = os.getpid()
+        trials = sum(v for pid, v in used.items() if pid in self._trial_pids)
+        system = sum(v for pid, v in used.items() if pid not in self._trial_pids and pid != me)
+        return {"driver": used.get(me, 0.0), "trials": trials, "system": system}
+
+
 def load1() -> float:
     """1-minute load average (other helpers may share the CPUs)."""
     return os.getloadavg()[0]
@@ -201,9 +281,10 @@ def run_tuner(
 ) -> tuple[float, list[Any]]:
     """``Tuner.fit()`` over a grid of ``names``, 2 at a time; wall seconds and results.
 
-    Mirrors ``study/run.py``'s ``run_tuners`` (trial names = ids, verbose 0, all
-    checkpoints kept) without its MLflow and progress callbacks."""
+    Mirrors ``study/run.py``'s ``run_tuners`` (trial names = ids, verbose 0, 2 checkpoints
+    kept, Ray's JSON result logger only) without its MLflow and progress callbacks."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     tuner = tune.Tuner(
         trainable,
@@ -219,6 +300,7 @@ def run_tuner(
             name=exp,
             storage_path=str(storage),
             verbose=0,
+            callbacks=[JsonLoggerCallback()],  # study/run.py's only Ray logger
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
@@ -246,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trial-seconds", type=float, default=30.0, help="target trial length (30)")
     p.add_argument("--m", type=int, default=8, help="trials of the fixed-cost probe (8)")
     p.add_argument("--student", default="resnet8x4", help="student arch (resnet8x4)")
+    p.add_argument("--repeats", type=int, default=2, help="alternating passes (2)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny trials")
     p.add_argument("--keep", action="store_true", help="keep the temp directory")
     p.add_argument(
@@ -254,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.trial_seconds, args.m = 2, 2.0, 4
+        args.n, args.trial_seconds, args.m, args.repeats = 2, 2.0, 4, 1
     if args.n < 1 or args.m < CONCURRENCY or args.trial_seconds <= 0:
         p.error("need --n >= 1, --m >= 2, --trial-seconds > 0")
 
@@ -262,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # + JsonLoggerCallback
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
     )
@@ -301,9 +386,6 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             bases = make_bases(trial, args.n, epochs)
-            loads["inproc"] = load1()
-            w_in, r_in = run_pool(pool, bases, work / "inproc", save_state=False)
-            print(f"in-process: {w_in:.1f} s", flush=True)
             loads["inproc+save"] = load1()
             w_sv, _ = run_pool(pool, bases, work / "inproc_save", save_state=True)
             print(f"in-process + state save: {w_sv:.1f} s", flush=True)
@@ -314,49 +396,68 @@ def main(argv: list[str] | None = None) -> int:
                 pool.submit(_trivial_inproc).result()
             w_triv_in = time.perf_counter() - t1
 
-        import ray
-
-        from trainables.trainable import trainable_with_resources
-
-        loads["ray"] = load1()
-        t0 = time.perf_counter()
-        ray.init(
-            num_cpus=CONCURRENCY,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-        ray_init_s = time.perf_counter() - t0
-        try:
-            storage = work / "ray"
-            w_ray, r_ray = run_tuner(
-                trainable_with_resources(bases, cpu=1, gpu=0),
-                sorted(bases),
-                storage,
-                "main",
-                reuse=True,
-            )
-            print(f"Ray Tuner.fit: {w_ray:.1f} s", flush=True)
-            loads["fixed"] = load1()
+            import ray
             from ray import tune
 
-            triv = tune.with_resources(_trivial_trainable, {"cpu": 1, "gpu": 0})
-            fixed: dict[tuple[str, bool], float] = {}
-            for reuse in (False, True):
-                w, _ = run_tuner(
-                    triv, [f"x{i}" for i in range(args.m)], storage, f"trivial_{reuse}", reuse
-                )
-                fixed[("trivial", reuse)] = w - w_triv_in
-                w, _ = run_tuner(
-                    trainable_with_resources(tiny, cpu=1, gpu=0),
-                    sorted(tiny),
-                    storage,
-                    f"tiny_{reuse}",
-                    reuse,
-                )
-                fixed[("1-epoch", reuse)] = w - w_tiny_in
-        finally:
-            ray.shutdown()
+            from trainables.trainable import trainable_with_resources
+
+            loads["ray"] = load1()
+            t0 = time.perf_counter()
+            ray.init(
+                num_cpus=CONCURRENCY,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            ray_init_s = time.perf_counter() - t0
+            storage = work / "ray"
+            try:
+                # In-process and Ray passes alternate (the pool's workers idle, warm, while
+                # Ray runs): a drift of the machine's speed hits both sides alike.
+                w_in_r: list[float] = []
+                w_ray_r: list[float] = []
+                r_in: list[dict[str, Any]] = []
+                r_ray: list[Any] = []
+                cpu = {"trials": 0.0, "driver": 0.0, "system": 0.0}
+                for rep in range(args.repeats):
+                    w, res = run_pool(pool, bases, work / f"inproc{rep}", save_state=False)
+                    w_in_r.append(w)
+                    r_in += res
+                    with CpuSampler() as sampler:
+                        w, res = run_tuner(
+                            trainable_with_resources(bases, cpu=1, gpu=0),
+                            sorted(bases),
+                            storage,
+                            f"main{rep}",
+                            reuse=True,
+                        )
+                    w_ray_r.append(w)
+                    r_ray += res
+                    for k, v in sampler.seconds().items():
+                        cpu[k] += v
+                    print(
+                        f"pass {rep + 1}/{args.repeats}: in-process {w_in_r[-1]:.1f} s, "
+                        f"Ray Tuner.fit {w_ray_r[-1]:.1f} s",
+                        flush=True,
+                    )
+                loads["fixed"] = load1()
+                triv = tune.with_resources(_trivial_trainable, {"cpu": 1, "gpu": 0})
+                fixed: dict[tuple[str, bool], float] = {}
+                for reuse in (False, True):
+                    w, _ = run_tuner(
+                        triv, [f"x{i}" for i in range(args.m)], storage, f"trivial_{reuse}", reuse
+                    )
+                    fixed[("trivial", reuse)] = w - w_triv_in
+                    w, _ = run_tuner(
+                        trainable_with_resources(tiny, cpu=1, gpu=0),
+                        sorted(tiny),
+                        storage,
+                        f"tiny_{reuse}",
+                        reuse,
+                    )
+                    fixed[("1-epoch", reuse)] = w - w_tiny_in
+            finally:
+                ray.shutdown()
         loads["end"] = load1()
 
         # trial-internal times: pure training (sum of epochs) and whole trial function
@@ -369,11 +470,13 @@ def main(argv: list[str] | None = None) -> int:
             total_ray.append(float(df["time_total_s"].iloc[-1]))
             done.append(int(r.metrics["training_iteration"]))
         assert all(d == epochs for d in done), f"Ray trials ran {done} epochs, not {epochs}"
-        top1_in = sorted(round(r["top1"], 2) for r in r_in)
-        top1_ray = sorted(round(r.metrics["val/top1"], 2) for r in r_ray)
+        top1_in = sorted(round(r["top1"], 2) for r in r_in[: args.n])
+        top1_ray = sorted(round(r.metrics["val/top1"], 2) for r in r_ray[: args.n])
 
-        ratio = w_ray / (pool_start + w_in)
-        ratio_warm = w_ray / w_in
+        w_in, w_ray = statistics.fmean(w_in_r), statistics.fmean(w_ray_r)
+        ratios = [wr / (pool_start + wi) for wr, wi in zip(w_ray_r, w_in_r, strict=True)]
+        ratio = sum(w_ray_r) / sum(pool_start + wi for wi in w_in_r)
+        ratio_warm = sum(w_ray_r) / sum(w_in_r)
         waves = math.ceil(args.n / CONCURRENCY)
         slot_delta = (w_ray - pool_start - w_in) / waves
         # per-epoch cost inside the trial function beyond training (outputs, report and
@@ -387,11 +490,13 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.n} x {epochs}"),
             ("epoch time, calibration (s)", f"{epoch_s:.3f}"),
             ("in-process worker start: spawn 2 + imports (s)", f"{pool_start:.1f}"),
-            ("wall in-process, warm workers (s)", f"{w_in:.1f}"),
-            ("wall in-process incl. worker start (s)", f"{pool_start + w_in:.1f}"),
+            ("passes (in-process and Ray alternate)", f"{args.repeats}"),
+            ("wall in-process, warm workers, per pass (s)", " ".join(f"{w:.1f}" for w in w_in_r)),
             ("wall in-process + per-epoch state save, warm (s)", f"{w_sv:.1f}"),
-            ("wall Ray Tuner.fit, reuse_actors=True (s)", f"{w_ray:.1f}"),
-            (f"ratio Ray / in-process incl. start (target <= {TARGET:.2f})",
+            ("wall Ray Tuner.fit, reuse_actors=True, per pass (s)",
+             " ".join(f"{w:.1f}" for w in w_ray_r)),
+            ("ratio per pass, Ray / in-process incl. start", " ".join(f"{r:.3f}" for r in ratios)),
+            (f"ratio all passes, Ray / in-process incl. start (target <= {TARGET:.2f})",
              f"{ratio:.3f}  {verdict}"),
             ("ratio Ray / in-process, warm workers", f"{ratio_warm:.3f}"),
             ("Ray init (s)", f"{ray_init_s:.1f}"),
@@ -401,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
              f"{wall_in:.1f} / {statistics.mean(total_ray):.1f}"),
             ("Ray extra per trial slot (s)", f"{slot_delta:.2f}"),
             ("Ray report + checkpoint, inside the trial (ms/epoch)", f"{1000 * per_report:.0f}"),
+            ("CPU s during Tuner.fit: trial workers / driver / Ray system",
+             f"{cpu['trials']:.1f} / {cpu['driver']:.1f} / {cpu['system']:.1f}"),
+            ("  driver + Ray system, share of the 2 CPUs over the fit",
+             f"{(cpu['driver'] + cpu['system']) / (CONCURRENCY * sum(w_ray_r)):.1%}"),
         ]  # fmt: skip
         for kind in ("trivial", "1-epoch"):
             for reuse in (False, True):

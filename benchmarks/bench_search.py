@@ -330,6 +330,59 @@ def top_count(n_configs: int) -> int:
     return max(1, math.floor(TOP_FRACTION * n_configs))
 
 
+# -- fidelity: does a low budget rank configurations as the full budget does? -------------
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+
+    def ranks(x: list[float]) -> list[float]:
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        r = [0.0] * len(x)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = math.sqrt(sum((x - ma) ** 2 for x in ra))
+    vb = math.sqrt(sum((y - mb) ** 2 for y in rb))
+    return cov / (va * vb) if va and vb else math.nan
+
+
+def grid_curves(storage: Path) -> dict[str, dict[int, list[float]]]:
+    """Per configuration and trial seed, the per-epoch ``val/top1`` of the grid's trials."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for tdir in sorted((storage / "ray" / "search").glob("*/")):
+        if not (tdir / "result.json").is_file() or not (tdir / "params.json").is_file():
+            continue
+        point = json.loads((tdir / "params.json").read_text()).get("point", {})
+        rs = [json.loads(x) for x in (tdir / "result.json").read_text().splitlines() if x.strip()]
+        curve = [float(r["val/top1"]) for r in rs]
+        out.setdefault(config_key(point), {})[int(point.get("seed", 0))] = curve
+    return out
+
+
+def mid_run_fidelity(rows: list[GridRow], storage: Path, epochs: int) -> list[tuple[int, float]]:
+    """Spearman, over the grid's configurations, of the mean ``val/top1`` at epoch k (what
+    ASHA compares at a rung at k) against the final mean ranking, for k = 1..epochs."""
+    curves = grid_curves(storage)
+    keys = [r.config for r in rows if r.config in curves]
+    final = [r.mean for r in rows if r.config in curves]
+    out = []
+    for k in range(1, epochs + 1):
+        at = [
+            statistics.fmean(c[k - 1] for c in curves[key].values() if len(c) >= k) for key in keys
+        ]
+        out.append((k, spearman(at, final)))
+    return out
+
+
 # -- report --------------------------------------------------------------------------------
 def print_grid(rows: list[GridRow], seeds: tuple[int, ...], grid_epochs: int) -> None:
     top = top_count(len(rows))
@@ -343,6 +396,32 @@ def print_grid(rows: list[GridRow], seeds: tuple[int, ...], grid_epochs: int) ->
         per = "".join(f"{r.values[s]:>8.2f}" if s in r.values else f"{'-':>8}" for s in seeds)
         mark = " *" if i <= top else ""
         print(f"{i:>4}  {r.config:<52}{r.mean:>8.2f}{r.std:>7.2f}{per}{mark}")
+
+
+def short_run_fidelity(
+    rows: list[GridRow],
+    run_dir: Path,
+    epochs: int,
+    trial_overlay: dict[str, Any],
+    teachers_dir: Path,
+    task: Task,
+) -> tuple[float, float]:
+    """The other fidelity (the planned epochs): every configuration as a complete run of
+    ``epochs`` epochs (seed 0), ranked against the final grid; returns (Spearman, wall)."""
+    overlay = {
+        "trial": {**trial_overlay, "epochs": epochs},
+        "search": {"seed": {"type": "categorical", "values": [0]}},
+        "searcher": {"kind": "grid"},
+        "scheduler": {"kind": "fifo"},
+    }
+    storage = run_dir / f"short{epochs}"
+    wall = run_study(
+        study_yaml(run_dir, f"short{epochs}", overlay), storage, teachers_dir, task, []
+    )
+    short = {config_key(t["overrides"]): float(t["value"]) for t in searched(storage)}
+    keys = [r.config for r in rows if r.config in short]
+    final = [r.mean for r in rows if r.config in short]
+    return spearman([short[k] for k in keys], final), wall
 
 
 def single_seed_grid_picks(rows: list[GridRow], seeds: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -366,9 +445,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="trial seeds / study seeds")
     p.add_argument("--max-per-class", type=int, default=400, help="CIFAR images per class")
     p.add_argument("--val-fraction", type=float, default=0.5, help="CIFAR tuning split")
+    p.add_argument(
+        "--short-runs",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[2, 3],
+        help="epochs of short complete grids to rank-compare (comma list; '' for none)",
+    )
     p.add_argument("--teacher-epochs", type=int, default=15, help="CIFAR teacher (cosine)")
     p.add_argument(
-        "--teachers-dir", type=Path, help="teacher registry to reuse (default: <workdir>/teachers)"
+        "--teachers-dir",
+        type=Path,
+        help="teacher registry to reuse (default: <workdir>/teachers-val<f>-n<max per class>)",
     )
     args = p.parse_args(argv)
     t_start = time.monotonic()
@@ -377,9 +464,13 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True)
     task = resolve_task(root)
     plan = make_plan(args, cifar=task.dataset != "digits")
-    teachers_dir = (args.teachers_dir or root / "teachers").resolve()
+    if plan.quick:
+        args.short_runs = []
     base_raw = yaml.safe_load(SPACE.read_text())
     val_fraction = plan.val_fraction or float(base_raw["trial"]["data"]["val_fraction"])
+    # one registry per split: a teacher must never have trained on a study's tuning split
+    split_name = f"teachers-val{val_fraction:g}-n{plan.max_per_class}"
+    teachers_dir = (args.teachers_dir or root / split_name).resolve()
 
     t0 = time.monotonic()
     teacher_top1 = ensure_teacher(task, plan, teachers_dir, val_fraction)
@@ -471,6 +562,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- tables -----------------------------------------------------------------------------
     print_grid(rows, plan.seeds, grid_epochs)
+    fidelity = mid_run_fidelity(rows, run_dir / "grid", plan.epochs)
+    print(
+        "rank agreement of a rung at epoch k with the final grid ranking (Spearman over "
+        "configurations, seed means): " + ", ".join(f"k={k}: {rho:+.2f}" for k, rho in fidelity)
+    )
+    for ep in args.short_runs:
+        rho, wall = short_run_fidelity(rows, run_dir, ep, trial_overlay, teachers_dir, task)
+        print(
+            f"short complete runs ({ep} epochs, seed 0, the whole schedule compressed): "
+            f"Spearman {rho:+.2f} against the final grid ranking ({wall:.0f}s)"
+        )
     floor = single_seed_grid_picks(rows, plan.seeds)
     print(
         "single-seed full grid (reference: every configuration, all epochs, one seed): "
@@ -511,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         "asha": results,
         "samples": samples,
         "single_seed_grid_ranks": dict(floor),
+        "mid_run_spearman": dict(fidelity),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"wall time {time.monotonic() - t_start:.0f}s; studies under {run_dir}")
