@@ -25,25 +25,39 @@ first row; trials stopped by ASHA never count). Epochs are counted from the Ray
 results on disk (the largest ``training_iteration`` of each trial's ``result.json``).
 The top decile is ``rank <= N / 10`` of the N grid configurations (rank 1 = best).
 
-Run: ``.venv/bin/python benchmarks/bench_search.py [--workdir DIR] [--teachers-dir DIR]
-[--quick]`` (default: 75 grid trials + 3 x 9 ASHA trials; the teacher, ~6.5 min, is
-trained once per registry and reused on later runs; ``--quick``: a 4-configuration
-smoke run of ~3 min, 1 seed, 2 epochs, no target).
+Run: ``.venv/bin/python benchmarks/bench_search.py [--space FILE] [--workdir DIR]
+[--teachers-dir DIR] [--short-runs 2,3] [--quick]`` (default: the W -> KL hand-off space,
+75 grid trials + 3 x 9 ASHA trials, ~17 min on 2 quiet cores with the teacher cached;
+``--space benchmarks/spaces/search_kd_grid.yaml``: KD weight x temperature; ``--quick``:
+a 4-configuration smoke run of ~3 min, 1 seed, 2 epochs, no target).
 
-History (the previous space, kept because it shaped this one): with late hand-off
-windows the KL weight had no effect before the first rung, same-seed trials had
-identical curves, ASHA lets every tied trial continue, and 10 samples used 50-64
-epochs against a mean-cost estimate of 46 (picks ranked 8, 1, 2 of 20). The space
-now differs between every pair of configurations from epoch 1 on, and the samples
-are sized on a high quantile of the cost instead of its mean.
+Besides the two tables it prints why a pick is or is not in the top decile:
 
-Measured with this space (23 min at load 3-7 on 2 cores, teacher reused; grid 19 min):
-the budget holds (38, 32, 46 of 200 epochs: ratios 0.19/0.16/0.23) but the picks rank
-6, 4, 6 of 25 -> FAIL. Why: the best weights (64) learn slowest early, so the grid's
-rank 2 is 20th of 25 at ASHA's first rung (Spearman of epoch-2 vs final means 0.67,
-epoch 4 0.41), ASHA stops them; ranks 2-8 lie within 0.8 points with per-seed std up
-to 2.2, so the top 2 of 25 are not resolved by 3 seeds; and TPE re-proposes its best
-configuration (same seed: an identical trial) in every study, 2 of 9 samples wasted.
+- rank agreement of every epoch k with the final ranking (Spearman over configurations,
+  seed means): what a rung at epoch k can know;
+- the same for short complete runs (``--short-runs``: every configuration trained for
+  2 or 3 epochs with the whole schedule compressed, the other fidelity of the issue);
+- the noise floor: the rank of the configuration a complete single-seed grid picks
+  (100 % of the epochs of one seed, 3.3x a study's budget, no early stopping).
+
+Measured (2026-11-22, CIFAR-10 JPEGs, 400 images per class split 2 000 / 2 000, teacher
+45.2 %, 8 epochs, lr 0.05 cosine): both spaces FAIL the top-decile target at 0.20-0.23 of
+the grid's epochs per seed, for different reasons.
+
+- W -> KL hand-off space: picks rank 3, 7, 7 of 25. The KL weight of a hand-off only acts
+  fully in the second half of training, so early epochs say nothing about the final
+  ranking: Spearman +0.48, +0.05, +0.48, +0.23, +0.43, +0.80, +0.98 at epochs 1-7, and
+  short complete runs are worse (-0.53 at 2 epochs, -0.03 at 3). ASHA stops the eventual
+  winners (kl.weight 64) at their first rung. A complete single-seed grid picks ranks
+  1, 1, 2 (3/3 hits): the task separates its top decile, and the rungs cannot see it.
+- KD space (no schedule): picks rank 3, 8, 3 of 25. Here the rungs are informative
+  (Spearman +0.78 at epoch 2, +0.95 at epoch 3; short runs +0.66), but ranks 1-5 lie
+  within 0.95 points with seed std 0.25-0.68, and a complete single-seed grid picks
+  ranks 1, 3, 5 (1/3): the top 2 of 25 are below the resolution of any one-seed study.
+
+An earlier run on 400 validation images (1 600 / 400 split) had seed std up to 2.2 and
+picks ranked 6, 4, 6; TPE also re-proposed its incumbent (an identical trial with the
+same seed, 2 of 9 samples wasted), which ``FidelityAwareOptunaSearch`` now prevents.
 """
 
 from __future__ import annotations
@@ -67,7 +81,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SHARED_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg"
-SPACE = REPO / "benchmarks" / "spaces" / "search_wkl_grid.yaml"
+SPACE = REPO / "benchmarks" / "spaces" / "search_wkl_grid.yaml"  # --space sets it
 RUN = REPO / "study" / "run.py"
 TEACHER_ARCH = "cnn_large"  # the small-net teacher of the digits default (trainables.models)
 TOP_FRACTION = 0.10  # the issue's "top decile"
@@ -446,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-per-class", type=int, default=400, help="CIFAR images per class")
     p.add_argument("--val-fraction", type=float, default=0.5, help="CIFAR tuning split")
     p.add_argument(
+        "--space",
+        type=Path,
+        default=REPO / "benchmarks" / "spaces" / "search_wkl_grid.yaml",
+        help="benchmark space (default spaces/search_wkl_grid.yaml; also search_kd_grid.yaml)",
+    )
+    p.add_argument(
         "--short-runs",
         type=lambda v: [int(x) for x in v.split(",") if x],
         default=[2, 3],
@@ -458,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         help="teacher registry to reuse (default: <workdir>/teachers-val<f>-n<max per class>)",
     )
     args = p.parse_args(argv)
+    global SPACE
+    SPACE = args.space.resolve()
     t_start = time.monotonic()
     root = (args.workdir or Path(tempfile.gettempdir()) / "kdstudy-bench-search").resolve()
     run_dir = root / time.strftime("run-%Y%m%d-%H%M%S")
