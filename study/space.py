@@ -108,21 +108,22 @@ class FidelityAwareOptunaSearch(OptunaSearch):
                 return Searcher.FINISHED
         return config
 
+    @staticmethod
+    def _key(trial: Any) -> str:
+        return repr(sorted(trial.params.items()))
+
     def _run_trials(self) -> list[Any]:
         """Optuna trials Ray runs or ran (redraws skipped above are not among them)."""
         mine = {t.number for t in self._ot_trials.values()}
         return [t for t in self._ot_study.get_trials(deepcopy=False) if t.number in mine]
 
     def _distinct_run(self) -> set[str]:
-        return {repr(sorted(t.params.items())) for t in self._run_trials()}
+        return {self._key(t) for t in self._run_trials()}
 
     def _is_repeat(self, trial_id: str) -> bool:
         new = self._ot_trials[trial_id]
-        key = repr(sorted(new.params.items()))
-        return any(
-            t.number != new.number and repr(sorted(t.params.items())) == key
-            for t in self._run_trials()
-        )
+        key = self._key(new)
+        return any(t.number != new.number and self._key(t) == key for t in self._run_trials())
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
