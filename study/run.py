@@ -87,8 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     n_base = 0 if args.skip_baselines else len(spec.baselines) * len(spec.seeds)
     if args.dry_run:
         print(json.dumps(spec.compiled(), indent=2, default=str))
+        per = (
+            f" ({n_trials // spec.repeats} configurations x {spec.repeats} seeds "
+            f"{spec.search_seeds})"
+            if spec.repeats > 1
+            else ""
+        )
         print(
-            f"\n{n_trials} searched trial(s) + {n_base} baseline run(s) "
+            f"\n{n_trials} searched trial(s){per} + {n_base} baseline run(s) "
             f"({len(spec.baselines)} baselines x {len(spec.seeds)} seeds), "
             f"{spec.epochs} epochs each, up to {spec.concurrency} at once, "
             f"{spec.resources['cpu']:g} CPU + {spec.resources['gpu']:g} GPU per trial"
@@ -287,6 +293,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
             "scheduler.grace_epochs": spec.scheduler.grace_epochs(spec.epochs),
             "concurrency": spec.concurrency,
             "seeds": spec.seeds,
+            "repeats": spec.repeats,
             "objective": spec.objective.reported_metric,
             **provenance,
         },
@@ -301,6 +308,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         say(f"      closed {len(stale)} run(s) left RUNNING by an earlier driver")
 
     def describe(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
+        from study.report import config_group
         from trainables.trainable import trial_overrides
 
         base_name = config.get("base", "search")
@@ -326,6 +334,8 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
             "git_sha": provenance["git_sha"],
             "searched": ",".join(f"{k}={v}" for k, v in sorted(over.items()))[:4000],
         }
+        if role == "trial":  # the seeds of one searched configuration share this tag
+            tags["config_group"] = config_group(over)
         if role == "baseline":
             tags["baseline"] = base_name.split(":")[0]
         return name, params, tags
@@ -335,7 +345,9 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     summaries = run_tuners(spec, args, storage, bases, tracker, describe, n_trials, say)
     from study.report import leaderboard
 
-    table, summary = leaderboard(summaries, spec.objective.reported_metric, spec.objective.mode)
+    table, summary = leaderboard(
+        summaries, spec.objective.reported_metric, spec.objective.mode, repeats=spec.repeats
+    )
     (storage / "leaderboard.txt").write_text(table + "\n")
     (storage / "leaderboard.json").write_text(json.dumps(summary, indent=1, default=str))
     best = summary["searched"][0] if summary["searched"] else None
@@ -347,7 +359,9 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     tracker.finish_study(
         "FINISHED" if ok else "FAILED",
         metrics=metrics,
-        tags={"best_trial": best["trial_id"]} if best else None,
+        tags={"best_trial": best["trial_id"], "best_config_group": best["config_group"]}
+        if best
+        else None,
         texts={"leaderboard.txt": table},
         known_trials=[s.trial_id for s in summaries],
     )
@@ -438,7 +452,7 @@ def run_tuners(
                     searcher,
                     build_scheduler(spec, epochs),
                     param_space(spec),
-                    1 if spec.searcher.kind == "grid" else spec.samples,
+                    1 if spec.searcher.kind == "grid" else spec.samples * spec.repeats,
                 )
             )
         for i, (name, phase_bases, searcher, scheduler, space, num_samples) in enumerate(phases):
@@ -508,7 +522,8 @@ def summarize(
         m = r.metrics or {}
         cfg = r.config or {}
         base = cfg.get("base", "search")
-        full = bases[base]
+        overrides = trial_overrides({k: v for k, v in cfg.items() if k != "base"})
+        full = with_overrides(bases[base], overrides)
         out.append(
             TrialSummary(
                 trial_id=str(m.get("trial_id") or r.path.rstrip("/").split("/")[-1]),
@@ -519,7 +534,7 @@ def summarize(
                 epochs=int(m.get("training_iteration", 0)),
                 planned_epochs=spec.epochs,
                 status="ERROR" if r.error else "TERMINATED",
-                overrides=trial_overrides({k: v for k, v in cfg.items() if k != "base"}),
+                overrides=overrides,
             )
         )
     return out

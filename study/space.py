@@ -9,12 +9,17 @@
   scheduler stops early reach Optuna as PRUNED with their intermediate values
   (``FidelityAwareOptunaSearch``), not as COMPLETE with a low-budget score
   (Ray's default).
+- Repeats (``repeats: k``): every searched configuration runs as ``k`` Ray trials, one
+  per seed of ``spec.search_seeds``; Optuna sees one trial per configuration, told the
+  mean over its seeds (``FidelityAwareOptunaSearch``), the grid gets a seed axis.
 """
 
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
@@ -63,6 +68,24 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass
+class RepeatGroup:
+    """One searched configuration run under several seeds: one Optuna trial (``primary``,
+    the first Ray trial), one Ray trial per seed (``members``: Ray trial id -> seed)."""
+
+    primary: str
+    config: dict[str, Any]
+    seeds: list[int]
+    members: dict[str, int] = field(default_factory=dict)
+    pending: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> trial -> value
+    reported: int = 0  # the last step told to Optuna (every seed had reached it)
+    finals: dict[str, tuple[bool, int, float | None]] = field(default_factory=dict)
+
+    @property
+    def open(self) -> bool:
+        return len(self.members) < len(self.seeds)
+
+
 class FidelityAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells a trial stopped before ``full_budget`` epochs as PRUNED,
     and never starts a configuration it has already run.
@@ -71,12 +94,20 @@ class FidelityAwareOptunaSearch(OptunaSearch):
     so TPE ranks it by the budget it reached, below complete trials, instead of taking
     a low-budget score as a final result (Ray's default: COMPLETE with the last value).
 
-    Repeats: every searched trial of a study has the same seeds (common random numbers),
-    so a configuration proposed again would train to the identical result; on categorical
-    spaces TPE does propose its incumbent again. Such a draw is told to Optuna as PRUNED
-    without values (no new information; TPE moves away from it) and another is drawn, up
-    to ``max_redraws`` times. When a finite space (``n_points`` configurations) has been
-    run completely, the search ends (``Searcher.FINISHED``) instead of repeating a trial.
+    Repeated configurations: every searched configuration of a study runs under the same
+    seeds (common random numbers), so one proposed again would train to the identical
+    result; on categorical spaces TPE does propose its incumbent again. Such a draw is
+    told to Optuna as PRUNED without values (no new information; TPE moves away from it)
+    and another is drawn, up to ``max_redraws`` times. When a finite space (``n_points``
+    configurations) has been run completely, the search ends (``Searcher.FINISHED``)
+    instead of repeating a trial.
+
+    Seeds (``seeds`` of two or more, the study's ``repeats``): a configuration Optuna
+    proposes runs as one Ray trial per seed (``{**config, "seed": s}``), issued one after
+    the other. Its Optuna trial gets, at each epoch every seed has reached, the mean over
+    seeds as its intermediate value; once every seed has ended, the mean final value
+    (COMPLETE) if all ran the full budget, PRUNED if the scheduler stopped any of them
+    early, FAIL if any failed.
     """
 
     def __init__(
@@ -85,15 +116,34 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         *,
         n_points: int | None = None,
         max_redraws: int = 32,
+        seeds: list[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._full_budget = full_budget
         self._n_points = n_points
         self._max_redraws = max_redraws
+        self._seeds = list(seeds) if seeds and len(seeds) > 1 else None
+        self._groups: dict[str, RepeatGroup] = {}  # primary Ray trial id -> group
+        self._group_of: dict[str, str] = {}  # member Ray trial id -> primary
         self.repeats_skipped = 0
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._seeds is None:
+            return self._suggest_config(trial_id)
+        group = next((g for g in self._groups.values() if g.open), None)
+        if group is None:
+            config = self._suggest_config(trial_id)
+            if not isinstance(config, dict) or not config:
+                return config  # None (wait) or FINISHED
+            group = RepeatGroup(trial_id, dict(config), list(self._seeds))
+            self._groups[trial_id] = group
+        seed = group.seeds[len(group.members)]
+        group.members[trial_id] = seed
+        self._group_of[trial_id] = group.primary
+        return {**group.config, "seed": seed}
+
+    def _suggest_config(self, trial_id: str) -> dict[str, Any] | str | None:
         from ray.tune.search import Searcher
 
         for attempt in range(self._max_redraws + 1):
@@ -125,9 +175,47 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         key = self._key(new)
         return any(t.number != new.number and self._key(t) == key for t in self._run_trials())
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        primary = self._group_of.get(trial_id)
+        if primary is None:
+            super().on_trial_result(trial_id, result)
+            return
+        group = self._groups[primary]
+        if primary in self._completed_trials or result.get(self.metric) is None:
+            return
+        step = int(result.get("training_iteration", group.reported + 1))
+        group.pending.setdefault(step, {})[trial_id] = float(result[self.metric])
+        while len(group.pending.get(group.reported + 1, {})) == len(group.seeds):
+            group.reported += 1
+            values = group.pending.pop(group.reported).values()
+            self._ot_trials[primary].report(statistics.fmean(values), group.reported)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        primary = self._group_of.get(trial_id)
+        if primary is None:
+            self._tell(trial_id, result, error)
+            return
+        group = self._groups[primary]
+        if trial_id in group.finals:
+            return
+        value = (result or {}).get(self.metric)
+        reached = int((result or {}).get("training_iteration", 0))
+        group.finals[trial_id] = (error, reached, None if value is None else float(value))
+        if group.open or len(group.finals) < len(group.seeds):
+            return
+        finals = list(group.finals.values())
+        if any(e for e, _, _ in finals):
+            self._tell(primary, None, error=True)
+        elif any(v is None for _, _, v in finals):
+            self._tell(primary, None, error=False)  # no value: PRUNED
+        else:
+            mean = statistics.fmean(v for _, _, v in finals if v is not None)
+            reached = min(r for _, r, _ in finals)
+            self._tell(primary, {self.metric: mean, "training_iteration": reached}, error=False)
+
+    def _tell(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         if (
             not error
             and result
@@ -149,9 +237,10 @@ def startup_trials(spec: StudySpec) -> int:
 
 
 def trial_count(spec: StudySpec) -> int:
+    """Ray trials of the search: configurations x seeds per configuration."""
     if spec.searcher.kind == "grid":
-        return len(grid_points(spec))
-    return spec.samples
+        return len(grid_points(spec)) * spec.repeats
+    return spec.samples * spec.repeats
 
 
 def build_sampler(spec: StudySpec) -> Any:
@@ -179,6 +268,7 @@ def build_searcher(spec: StudySpec, full_budget: int) -> Any:
     searcher = FidelityAwareOptunaSearch(
         full_budget,
         n_points=len(grid_points(spec)) if finite else None,
+        seeds=spec.search_seeds,
         space=define_by_run(spec),
         metric=spec.objective.reported_metric,
         mode=spec.objective.mode,
@@ -248,7 +338,10 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
     from ray import tune
 
     if spec.searcher.kind == "grid":
-        return {"point": tune.grid_search(grid_points(spec))}
+        space: dict[str, Any] = {"point": tune.grid_search(grid_points(spec))}
+        if spec.repeats > 1:
+            space["seed"] = tune.grid_search(spec.search_seeds)
+        return space
     if spec.scheduler.kind == "pbt":
         return pbt_mutations(spec)
     return {}

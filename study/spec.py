@@ -11,7 +11,10 @@ A study file is data only (``yaml.safe_load``). Sections:
 - ``searcher``: ``{kind: tpe|random|grid, seed, startup_trials, multivariate}``;
 - ``scheduler``: ``{kind: fifo|asha|pbt|median, grace_period, reduction_factor, ...}``
   with epoch positions as fractions of the planned epochs;
-- ``samples``, ``concurrency``, ``resources: {cpu, gpu}``, ``seeds``,
+- ``samples`` (searched configurations), ``concurrency``, ``resources: {cpu, gpu}``,
+  ``seeds`` (baselines run under each), ``repeats`` (each searched configuration runs
+  under the first ``repeats`` seeds and is ranked by its mean: ``samples x repeats``
+  trials; default 1, one trial under ``trial.seed`` or the first seed),
   ``baselines: {name: {losses: ..., handoff: ..., <other trial keys>}}``,
   ``failure: {max_failures}``, ``checkpoints: {num_to_keep}``;
 - ``extends: other.yaml`` (relative to this file): deep-merged under this file;
@@ -50,6 +53,7 @@ TOP_KEYS = (
     "concurrency",
     "resources",
     "seeds",
+    "repeats",
     "baselines",
     "failure",
     "checkpoints",
@@ -164,6 +168,7 @@ class StudySpec:
     resources: dict[str, float]
     seeds: list[int]
     baselines: list[Baseline]
+    repeats: int
     max_failures: int
     num_to_keep: int | None
     raw: dict[str, Any]
@@ -171,6 +176,13 @@ class StudySpec:
     @property
     def epochs(self) -> int:
         return int(self.trial.get("epochs", 240))
+
+    @property
+    def search_seeds(self) -> list[int]:
+        """The trial seeds of every searched configuration (one trial per seed)."""
+        if self.repeats == 1:
+            return [int(self.trial.get("seed", self.seeds[0]))]
+        return self.seeds[: self.repeats]
 
     def param(self, name: str) -> Param:
         for p in self.search:
@@ -210,6 +222,8 @@ class StudySpec:
             "concurrency": self.concurrency,
             "resources": self.resources,
             "seeds": self.seeds,
+            "repeats": self.repeats,
+            "search_seeds": self.search_seeds,
             "baselines": [b.name for b in self.baselines],
         }
 
@@ -334,6 +348,24 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
         err("seeds", f"{seeds!r}", "a non-empty list of integers")
     if len(set(seeds)) != len(seeds):
         err("seeds", f"{seeds!r} has repeats", "distinct integers")
+    repeats = _int(raw.get("repeats", 1), "repeats", err, minimum=1)
+    if repeats > len(seeds):
+        err(
+            "repeats",
+            f"{repeats} but seeds has {len(seeds)} ({seeds})",
+            f"at most len(seeds) = {len(seeds)}, or list more seeds",
+        )
+    if repeats > 1 and trial.get("seed") is not None:
+        err(
+            "trial.seed",
+            f"{trial['seed']!r} fixed while repeats: {repeats} runs every configuration under "
+            f"seeds {seeds[:repeats]}",
+            "remove trial.seed, or set repeats: 1",
+        )
+    if repeats > 1 and scheduler.kind == "pbt":
+        err("repeats", f"{repeats} with scheduler.kind: pbt", "repeats: 1 (PBT mutates trials)")
+    if repeats > 1 and any(p.name == "seed" for p in search):
+        err("repeats", f"{repeats} with seed searched", "search the seed or repeat, not both")
     baselines = _parse_baselines(raw.get("baselines") or {}, trial, seeds, err)
     failure = raw.get("failure") or {}
     max_failures = _int(failure.get("max_failures", 2), "failure.max_failures", err, minimum=0)
@@ -362,6 +394,7 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
         resources=res,
         seeds=list(seeds),
         baselines=baselines,
+        repeats=repeats,
         max_failures=max_failures,
         num_to_keep=num_to_keep,
         raw=raw,

@@ -110,3 +110,74 @@ def test_repeats_run_when_redraws_run_out() -> None:
     s.on_trial_result("b", {"m": 2.0, "training_iteration": 1})
     s.on_trial_complete("b", {"m": 2.0, "training_iteration": 4})
     assert [t.state for t in s._ot_study.get_trials()] == [TrialState.COMPLETE] * 2
+
+
+def _three_weights(trial: optuna.Trial) -> None:
+    trial.suggest_categorical("w", [1.0, 4.0, 16.0])
+
+
+def _seeded_search(seeds: list[int], n_points: int | None = None) -> FidelityAwareOptunaSearch:
+    return FidelityAwareOptunaSearch(
+        3,
+        n_points=n_points,
+        seeds=seeds,
+        space=_three_weights,
+        metric="m",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+
+
+def test_repeats_run_a_configuration_per_seed_and_tell_optuna_the_mean() -> None:
+    s = _seeded_search([0, 1])
+    a, b, c = s.suggest("a"), s.suggest("b"), s.suggest("c")
+    assert isinstance(a, dict) and isinstance(b, dict) and isinstance(c, dict)
+    assert (a["seed"], b["seed"], c["seed"]) == (0, 1, 0)
+    assert {k: v for k, v in a.items() if k != "seed"} == {
+        k: v for k, v in b.items() if k != "seed"
+    }
+    assert c["w"] != a["w"]  # the next configuration (redrawn rather than repeated)
+    # intermediate values: the mean at each epoch both seeds have reached, in order
+    s.on_trial_result("a", {"m": 10.0, "training_iteration": 1})
+    s.on_trial_result("a", {"m": 20.0, "training_iteration": 2})
+    assert s._ot_study.get_trials()[0].intermediate_values == {}
+    s.on_trial_result("b", {"m": 30.0, "training_iteration": 1})
+    assert s._ot_study.get_trials()[0].intermediate_values == {1: 20.0}
+    s.on_trial_result("b", {"m": 40.0, "training_iteration": 2})
+    s.on_trial_result("a", {"m": 21.0, "training_iteration": 3})
+    s.on_trial_result("b", {"m": 41.0, "training_iteration": 3})
+    s.on_trial_complete("a", {"m": 21.0, "training_iteration": 3})
+    assert s._ot_study.get_trials()[0].state == TrialState.RUNNING  # seed 1 still runs
+    s.on_trial_complete("b", {"m": 41.0, "training_iteration": 3})
+    first = s._ot_study.get_trials()[0]
+    assert first.state == TrialState.COMPLETE and first.value == 31.0
+    assert first.intermediate_values == {1: 20.0, 2: 30.0, 3: 31.0}
+    # second configuration: the scheduler stops seed 1 at epoch 1 -> PRUNED, not COMPLETE
+    d = s.suggest("d")
+    assert isinstance(d, dict) and d["seed"] == 1 and d["w"] == c["w"]
+    for tid, v in (("c", 50.0), ("d", 10.0)):
+        s.on_trial_result(tid, {"m": v, "training_iteration": 1})
+    s.on_trial_complete("d", {"m": 10.0, "training_iteration": 1})
+    s.on_trial_result("c", {"m": 55.0, "training_iteration": 2})
+    s.on_trial_complete("c", {"m": 56.0, "training_iteration": 3})
+    second = s._ot_study.get_trials()[-1]
+    assert second.state == TrialState.PRUNED and second.intermediate_values == {1: 30.0}
+    pickle.dumps(s.__dict__)  # Ray checkpoints the searcher with its groups
+
+
+def test_repeats_a_failed_seed_fails_the_configuration_and_a_finite_space_finishes() -> None:
+    from ray.tune.search import Searcher
+
+    s = _seeded_search([3, 4], n_points=3)
+    ids = [f"t{i}" for i in range(6)]
+    configs = [s.suggest(t) for t in ids]
+    assert all(isinstance(c, dict) for c in configs)
+    assert [c["seed"] for c in configs] == [3, 4, 3, 4, 3, 4]  # type: ignore[index]
+    assert len({c["w"] for c in configs}) == 3  # type: ignore[index]
+    assert s.suggest("t6") == Searcher.FINISHED  # 3 configurations x 2 seeds: done
+    s.on_trial_complete("t0", {"m": 1.0, "training_iteration": 3})
+    s.on_trial_complete("t1", None, error=True)
+    for t in ids[2:]:
+        s.on_trial_complete(t, {"m": 2.0, "training_iteration": 3})
+    states = [t.state for t in s._ot_study.get_trials() if t.state != TrialState.PRUNED]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]

@@ -125,6 +125,15 @@ scheduler: {kind: fifo}
         ({"resources": {"gpus": 1}}, "resources.gpus: unknown key (allowed: cpu, gpu)"),
         ({"bogus": 1}, "bogus: unknown section"),
         ({"scheduler": {"kind": "pbt"}}, "pbt cannot be combined with a search algorithm"),
+        (
+            {"repeats": 3, "seeds": [0, 1]},
+            "repeats: 3 but seeds has 2 ([0, 1]) (at most len(seeds) = 2, or list more seeds)",
+        ),
+        ({"repeats": 0}, "repeats: 0 (an integer >= 1)"),
+        (
+            {"repeats": 2, "seeds": [0, 1], "trial": {"seed": 5}},
+            "trial.seed: 5 fixed while repeats: 2 runs every configuration under seeds [0, 1]",
+        ),
     ],
 )
 def test_errors_are_one_line_with_path_value_and_allowed(
@@ -286,3 +295,22 @@ def test_cli_missing_teacher_on_a_large_dataset_is_refused_cleanly(tmp_path: Pat
     assert len(lines) == 1 and lines[0].startswith("error: trial.teacher: no resnet32x4 teacher")
     assert "--train-teacher" in lines[0] and "trial.teacher.checkpoint" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_repeats_run_each_configuration_under_the_first_seeds(tmp_path: Path) -> None:
+    from study.space import param_space
+
+    raw = yaml.safe_load(BASE)
+    raw.update({"repeats": 2, "seeds": [7, 8, 9], "samples": 5})
+    spec = load_spec(write(tmp_path, yaml.safe_dump(raw)))
+    assert spec.search_seeds == [7, 8] and trial_count(spec) == 10
+    assert spec.compiled()["search_seeds"] == [7, 8]
+    raw["searcher"] = {"kind": "grid"}
+    raw["search"] = {"losses.kd.temperature": {"type": "categorical", "values": [2, 4, 8]}}
+    grid = load_spec(write(tmp_path, yaml.safe_dump(raw)))
+    assert trial_count(grid) == 6
+    space = param_space(grid)
+    assert space["seed"] == {"grid_search": [7, 8]} and len(space["point"]["grid_search"]) == 3
+    raw.pop("repeats")
+    raw["trial"]["seed"] = 3
+    assert load_spec(write(tmp_path, yaml.safe_dump(raw))).search_seeds == [3]

@@ -182,3 +182,43 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path:
         attempts.count("Failure #") == 3
         and attempts.count("NonFiniteLoss: (again, not retried)") == 2
     )
+
+
+@pytest.mark.slow
+def test_repeats_run_every_configuration_under_each_seed(tmp_path: Path) -> None:
+    """repeats: 2 on a 2-point space: 2 configurations x seeds [3, 4] = 4 trials (the search
+    then finishes rather than repeat a configuration), grouped in MLflow and on the board."""
+    space = tmp_path / "rep.yaml"
+    space.write_text(
+        f"extends: {REPO / 'benchmarks' / 'spaces' / 'search_kd_grid.yaml'}\n"
+        "name: rep\n"
+        "trial: {epochs: 2}\n"
+        "search: {losses.kd.temperature: null,\n"
+        "         losses.kd.weight: {type: categorical, values: [1.0, 4.0]}}\n"
+        "samples: 3\n"
+        "seeds: [3, 4, 5]\n"
+        "repeats: 2\n"
+        "scheduler: {kind: fifo}\n"
+    )
+    storage = tmp_path / "st"
+    cmd = [*RUN, "--space", str(space), "--storage", str(storage), "--skip-baselines"]
+    cmd += ["--teachers-dir", str(tmp_path / "teachers")]
+    dry = subprocess.run([*cmd, "--dry-run"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and "6 searched trial(s) (3 configurations x 2 seeds [3, 4])" in (
+        dry.stdout
+    )
+    r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    children = check_structure(storage, "rep", 4, 0)
+    groups: dict[str, set[str]] = {}
+    for c in children:
+        groups.setdefault(c.data.tags["config_group"], set()).add(c.data.tags["seed"])
+    assert list(groups.values()) == [{"3", "4"}, {"3", "4"}]
+    board = json.loads((storage / "leaderboard.json").read_text())
+    rows = board["searched"]
+    assert len(rows) == 2 and all(r["complete"] and r["n"] == 2 for r in rows)
+    for row in rows:
+        per_trial = [t["value"] for t in board["trials"] if t["trial_id"] in row["trial_ids"]]
+        assert row["value"] == pytest.approx(sum(per_trial) / 2)
+    assert rows[0]["value"] >= rows[1]["value"]
+    assert "searched configurations, mean over seeds" in r.stdout
