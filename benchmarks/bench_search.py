@@ -99,11 +99,13 @@ class Plan:
     teacher_epochs: int | None  # None: the registry's default recipe (digits: 30)
     grace_period: float  # ASHA's first rung, fraction of the epochs
     reduction_factor: float
+    repeats: int  # seeds per configuration in a study (the study's ``repeats``)
+    seed_offset: int  # study trial seeds = grid seeds + offset (0: the grid's own seeds)
     search_overlay: dict[str, Any]  # restricts the space (quick run)
     quick: bool
 
 
-def make_plan(args: argparse.Namespace, cifar: bool) -> Plan:
+def make_plan(args: argparse.Namespace, cifar: bool, space_grace: float) -> Plan:
     """Full run: 8 epochs, 3 seeds, 400 CIFAR images per class split in half (2 000 train /
     2 000 val: one image is 0.05 points of top-1, and the binomial noise of a top-1 near
     35 % is ~1 point, against ~2.4 with the 400 images of the previous run), ASHA rungs at
@@ -119,6 +121,8 @@ def make_plan(args: argparse.Namespace, cifar: bool) -> Plan:
             teacher_epochs=2,
             grace_period=0.5,
             reduction_factor=2.0,
+            repeats=1,
+            seed_offset=0,
             search_overlay={
                 "handoff.mode": {"values": ["complementary"]},
                 "handoff.shape": {"values": ["cosine"]},
@@ -132,8 +136,10 @@ def make_plan(args: argparse.Namespace, cifar: bool) -> Plan:
         max_per_class=args.max_per_class if cifar else None,
         val_fraction=args.val_fraction if cifar else None,
         teacher_epochs=args.teacher_epochs if cifar else None,
-        grace_period=0.25,  # rung 2 of 8: every configuration differs from epoch 1 on
+        grace_period=args.grace if args.grace is not None else space_grace,
         reduction_factor=2.0,
+        repeats=args.repeats,
+        seed_offset=args.study_seed_offset,
         search_overlay={},
         quick=False,
     )
@@ -220,8 +226,14 @@ def trial_epochs(storage: Path) -> dict[str, int]:
 
 
 def searched(storage: Path) -> list[dict[str, Any]]:
-    """The leaderboard's searched trials (complete first, then by the objective)."""
+    """The leaderboard's searched configurations (mean over their seeds; complete first,
+    then by the objective)."""
     return json.loads((storage / "leaderboard.json").read_text())["searched"]
+
+
+def trials_of(storage: Path) -> list[dict[str, Any]]:
+    """The study's searched trials, one row per trial (seed)."""
+    return json.loads((storage / "leaderboard.json").read_text())["trials"]
 
 
 def config_key(overrides: dict[str, Any]) -> str:
@@ -328,13 +340,16 @@ def asha_cost_quantile(
 
 
 def asha_samples(n_configs: int, epochs: int, plan: Plan) -> int:
-    """The most samples whose :func:`asha_cost_quantile` (95 %) fits 30 % of the grid's
-    epochs. Conservative against the arrival order of a random search (a 1-in-20 per
-    seed overrun), not against every order (see :func:`asha_cost_quantile`)."""
+    """The most configurations (``samples``; each runs as ``plan.repeats`` trials) whose
+    :func:`asha_cost_quantile` (95 %, over their trials) fits 30 % of the grid's epochs
+    (every configuration x every grid seed). Conservative against the arrival order of
+    a random search (a 1-in-20 overrun), not against every order (see
+    :func:`asha_cost_quantile`)."""
     rungs = asha_rungs(epochs, plan.grace_period, plan.reduction_factor)
-    budget = EPOCH_BUDGET * n_configs * epochs
+    budget = EPOCH_BUDGET * n_configs * epochs * len(plan.seeds)
+    k = plan.repeats
     n = 1
-    while n < n_configs and asha_cost_quantile(n + 1, rungs, plan.reduction_factor) <= budget:
+    while n < n_configs and asha_cost_quantile((n + 1) * k, rungs, plan.reduction_factor) <= budget:
         n += 1
     return n
 
@@ -416,7 +431,7 @@ def short_run_fidelity(
     wall = run_study(
         study_yaml(run_dir, f"short{epochs}", overlay), storage, teachers_dir, task, []
     )
-    short = {config_key(t["overrides"]): float(t["value"]) for t in searched(storage)}
+    short = {config_key(t["overrides"]): float(t["value"]) for t in trials_of(storage)}
     keys = [r.config for r in rows if r.config in short]
     final = [r.mean for r in rows if r.config in short]
     return spearman([short[k] for k in keys], final), wall
@@ -457,6 +472,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--teacher-epochs", type=int, default=15, help="CIFAR teacher (cosine)")
     p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="seeds per configuration in a study (<= --seeds; 1: one trial seed per study)",
+    )
+    p.add_argument(
+        "--study-seed-offset",
+        type=int,
+        default=0,
+        help="study trial seeds = grid seeds + this (0: the grid's seeds; e.g. 100: "
+        "seeds independent of the grid's)",
+    )
+    p.add_argument(
+        "--grace", type=float, help="ASHA grace period (default: the space's scheduler's)"
+    )
+    p.add_argument(
         "--teachers-dir",
         type=Path,
         help="teacher registry to reuse (default: <workdir>/teachers-val<f>-n<max per class>)",
@@ -469,10 +500,13 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = root / time.strftime("run-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
     task = resolve_task(root)
-    plan = make_plan(args, cifar=task.dataset != "digits")
+    base_raw = yaml.safe_load(SPACE.read_text())
+    space_grace = float((base_raw.get("scheduler") or {}).get("grace_period", 0.25))
+    if not 1 <= args.repeats <= args.seeds:
+        p.error(f"--repeats {args.repeats}: must be in 1..--seeds ({args.seeds})")
+    plan = make_plan(args, cifar=task.dataset != "digits", space_grace=space_grace)
     if plan.quick:
         args.short_runs = []
-    base_raw = yaml.safe_load(SPACE.read_text())
     val_fraction = plan.val_fraction or float(base_raw["trial"]["data"]["val_fraction"])
     # one registry per split: a teacher must never have trained on a study's tuning split
     split_name = f"teachers-val{val_fraction:g}-n{plan.max_per_class}"
@@ -507,11 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     wall = run_study(grid_yaml, run_dir / "grid", teachers_dir, task, [])
-    grid_trials = searched(run_dir / "grid")
+    grid_trials = trials_of(run_dir / "grid")
     rows = grid_table(grid_trials, plan.seeds)
     n_cfg = len(rows)
     grid_epochs_total = sum(trial_epochs(run_dir / "grid").values())
-    grid_epochs = n_cfg * plan.epochs  # per seed
+    grid_epochs_seed = n_cfg * plan.epochs  # one seed's grid
+    grid_epochs = grid_epochs_seed * len(plan.seeds)  # the grid the picks are ranked by
     print(
         f"grid: {len(grid_trials)} trials, {grid_epochs_total} epochs in {wall:.0f}s "
         f"({wall / max(grid_epochs_total, 1):.1f}s per epoch, 2 at a time)"
@@ -523,9 +558,16 @@ def main(argv: list[str] | None = None) -> int:
     samples = asha_samples(n_cfg, plan.epochs, plan)
     rungs = asha_rungs(plan.epochs, plan.grace_period, plan.reduction_factor)
     results = []
+    study_seeds = [g + plan.seed_offset for g in plan.seeds]
     for s in plan.seeds:
+        # k seeds per configuration (repeats), or one trial seed per study (repeats 1)
+        seeding: dict[str, Any] = (
+            {"seeds": study_seeds, "repeats": plan.repeats}
+            if plan.repeats > 1
+            else {"trial": {**trial_overlay, "seed": s + plan.seed_offset}}
+        )
         overlay = {
-            "trial": {**trial_overlay, "seed": s},
+            "trial": trial_overlay,
             "search": plan.search_overlay,
             "searcher": {"kind": "tpe", "seed": s},
             "scheduler": {
@@ -534,22 +576,18 @@ def main(argv: list[str] | None = None) -> int:
                 "reduction_factor": plan.reduction_factor,
             },
             "samples": samples,
+            **seeding,
         }
         storage = run_dir / f"asha-seed{s}"
         wall = run_study(
             study_yaml(run_dir, f"asha_seed{s}", overlay), storage, teachers_dir, task, []
         )
-        trials = searched(storage)
+        configs = searched(storage)
+        n_trials = len(trials_of(storage))
         used = sum(trial_epochs(storage).values())
-        best = next(
-            (
-                t
-                for t in trials
-                if t["status"] == "TERMINATED" and t["epochs"] >= t["planned_epochs"]
-            ),
-            None,
-        )
-        cfg = config_key(best["overrides"]) if best else "(no complete trial)"
+        # the leaderboard's first complete configuration (every seed ran every epoch)
+        best = next((c for c in configs if c["complete"]), None)
+        cfg = config_key(best["overrides"]) if best else "(no complete configuration)"
         r = rank.get(cfg)
         results.append(
             {
@@ -559,15 +597,20 @@ def main(argv: list[str] | None = None) -> int:
                 "rank": r,
                 "epochs": used,
                 "ratio": used / grid_epochs,
+                "ratio_one_seed": used / grid_epochs_seed,
                 "hit": r is not None and r <= top,
-                "trials": len(trials),
+                "configs": len(configs),
+                "trials": n_trials,
                 "wall": wall,
             }
         )
-        print(f"asha seed {s}: {len(trials)} trials, {used} epochs in {wall:.0f}s")
+        print(
+            f"asha seed {s}: {len(configs)} configurations, {n_trials} trials, {used} epochs "
+            f"in {wall:.0f}s"
+        )
 
     # -- tables -----------------------------------------------------------------------------
-    print_grid(rows, plan.seeds, grid_epochs)
+    print_grid(rows, plan.seeds, grid_epochs_seed)
     fidelity = mid_run_fidelity(rows, run_dir / "grid", plan.epochs)
     print(
         "rank agreement of a rung at epoch k with the final grid ranking (Spearman over "
@@ -585,16 +628,23 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"seed {s} picks rank {r}" for s, r in floor)
         + f" -> top-decile hits {sum(r <= top for _, r in floor)}/{len(floor)}"
     )
+    k = plan.repeats
+    seeds_note = (
+        f"{k} seeds per configuration {study_seeds[:k]}, ranked by their mean"
+        if k > 1
+        else f"one trial seed per study ({study_seeds})"
+    )
     print(
-        f"\nASHA + TPE: {samples} samples per study (grace {rungs[0]} epochs, rungs {rungs}, "
-        f"reduction factor {plan.reduction_factor:g}); pick = best complete trial; "
-        f"grid epochs per seed {grid_epochs}, budget {EPOCH_BUDGET * grid_epochs:g}; "
-        f"planned cost: 95th pct {asha_cost_quantile(samples, rungs, plan.reduction_factor)}"
-        f" (random arrival order), worst case {samples * plan.epochs}"
+        f"\nASHA + TPE: {samples} configurations per study, {seeds_note} (grace {rungs[0]} "
+        f"epochs, rungs {rungs}, reduction factor {plan.reduction_factor:g}); pick = best "
+        f"complete configuration; grid epochs {grid_epochs} ({len(plan.seeds)} seeds x "
+        f"{grid_epochs_seed}), budget {EPOCH_BUDGET * grid_epochs:g}; planned cost: 95th pct "
+        f"{asha_cost_quantile(samples * k, rungs, plan.reduction_factor)} (random arrival "
+        f"order), worst case {samples * k * plan.epochs}"
     )
     print(
         f"{'seed':>4}  {'picked config':<52}{'value':>7}{'grid mean':>10}{'rank':>7}"
-        f"{'pct':>6}{'epochs':>8}{'ratio':>7}  top-decile  budget"
+        f"{'pct':>6}{'epochs':>8}{'ratio':>7}{'1-seed':>7}  top-decile  budget"
     )
     for res in results:
         r = res["rank"]
@@ -603,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{res['seed']:>4}  {res['config']:<52}{res['value']:>7.2f}{mean:>10.2f}"
             f"{(f'{r}/{n_cfg}' if r else '-'):>7}{pct:>6}{res['epochs']:>8}{res['ratio']:>7.2f}"
+            f"{res['ratio_one_seed']:>7.2f}"
             f"  {'PASS' if res['hit'] else 'FAIL':<10}  "
             f"{'PASS' if res['ratio'] <= EPOCH_BUDGET else 'FAIL'}"
         )
@@ -618,6 +669,9 @@ def main(argv: list[str] | None = None) -> int:
         "grid": [vars(r) for r in rows],
         "asha": results,
         "samples": samples,
+        "repeats": plan.repeats,
+        "study_seeds": study_seeds,
+        "grace_period": plan.grace_period,
         "single_seed_grid_ranks": dict(floor),
         "mid_run_spearman": dict(fidelity),
     }
