@@ -41,7 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="searched trials (overrides samples:)")
     p.add_argument("--max-epochs", type=int, help="planned epochs (schedules are fractions)")
     p.add_argument("--storage", help="study directory (default: ./studies/<name>)")
-    p.add_argument("--address", help="existing Ray cluster address (default: a local Ray)")
+    p.add_argument(
+        "--address",
+        help="existing Ray cluster, host:port (default: $RAY_ADDRESS if set, else a private "
+        "local Ray)",
+    )
     p.add_argument(
         "--tracking-uri",
         help="MLflow server, e.g. http://host:5000 (default: a "
@@ -341,7 +345,8 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         return name, params, tags
 
     # -- Ray --------------------------------------------------------------------------
-    say("[2/4] starting Ray" + (f" at {args.address}" if args.address else " (local)"))
+    address = ray_address(args)
+    say("[2/4] starting Ray" + (f": cluster at {address}" if address else " (local)"))
     summaries = run_tuners(spec, args, storage, bases, tracker, describe, n_trials, say)
     from study.report import leaderboard
 
@@ -377,6 +382,12 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         print(f"MLflow UI: {uri}  (experiment '{experiment}')")
     print(f"study directory: {storage}")
     return EXIT_OK if ok else EXIT_FAIL
+
+
+def ray_address(args: argparse.Namespace) -> str | None:
+    """The cluster to join: ``--address``, else ``RAY_ADDRESS`` (set by ``ray job submit``),
+    else None: a private local instance."""
+    return args.address or os.environ.get("RAY_ADDRESS") or None
 
 
 def _criterion_formula(cfg: TrialConfig) -> str:
@@ -421,10 +432,16 @@ def run_tuners(
     # the record here, so only result.json is kept (Result.metrics_dataframe reads it)
     env.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
+    address = ray_address(args)
+    if address:
+        ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # "local": always a private instance. Without it Ray attaches to any cluster a
+        # `ray start` left on this machine (its address file under /tmp/ray), and a study
+        # would silently share another user's cluster.
+        ray.init(
+            address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
     epochs = spec.epochs
     ray_dir = storage / "ray"
     res = spec.resources
