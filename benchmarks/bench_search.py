@@ -488,6 +488,12 @@ def main(argv: list[str] | None = None) -> int:
         "--grace", type=float, help="ASHA grace period (default: the space's scheduler's)"
     )
     p.add_argument(
+        "--grid-from",
+        type=Path,
+        help="reuse the grid of an earlier run directory (same space, task and plan) instead "
+        "of training it again (~12 min); its table is printed as measured then",
+    )
+    p.add_argument(
         "--teachers-dir",
         type=Path,
         help="teacher registry to reuse (default: <workdir>/teachers-val<f>-n<max per class>)",
@@ -540,11 +546,20 @@ def main(argv: list[str] | None = None) -> int:
             "scheduler": {"kind": "fifo"},
         },
     )
-    wall = run_study(grid_yaml, run_dir / "grid", teachers_dir, task, [])
-    grid_trials = trials_of(run_dir / "grid")
+    if args.grid_from:
+        grid_dir = args.grid_from.resolve() / "grid"
+        old_spec = yaml.safe_load((args.grid_from.resolve() / "grid.yaml").read_text())
+        if old_spec != yaml.safe_load(grid_yaml.read_text()):
+            p.error(f"--grid-from {args.grid_from}: its grid.yaml differs from this run's")
+        wall = math.nan
+        print(f"grid: reused from {grid_dir} (same grid.yaml)")
+    else:
+        grid_dir = run_dir / "grid"
+        wall = run_study(grid_yaml, grid_dir, teachers_dir, task, [])
+    grid_trials = trials_of(grid_dir)
     rows = grid_table(grid_trials, plan.seeds)
     n_cfg = len(rows)
-    grid_epochs_total = sum(trial_epochs(run_dir / "grid").values())
+    grid_epochs_total = sum(trial_epochs(grid_dir).values())
     grid_epochs_seed = n_cfg * plan.epochs  # one seed's grid
     grid_epochs = grid_epochs_seed * len(plan.seeds)  # the grid the picks are ranked by
     print(
@@ -611,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- tables -----------------------------------------------------------------------------
     print_grid(rows, plan.seeds, grid_epochs_seed)
-    fidelity = mid_run_fidelity(rows, run_dir / "grid", plan.epochs)
+    fidelity = mid_run_fidelity(rows, grid_dir, plan.epochs)
     print(
         "rank agreement of a rung at epoch k with the final grid ranking (Spearman over "
         "configurations, seed means): " + ", ".join(f"k={k}: {rho:+.2f}" for k, rho in fidelity)

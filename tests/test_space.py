@@ -181,3 +181,55 @@ def test_repeats_a_failed_seed_fails_the_configuration_and_a_finite_space_finish
         s.on_trial_complete(t, {"m": 2.0, "training_iteration": 3})
     states = [t.state for t in s._ot_study.get_trials() if t.state != TrialState.PRUNED]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+
+
+class _Trial:
+    """What the scheduler reads of Ray's Trial: its id and config."""
+
+    def __init__(self, trial_id: str, w: float, seed: int) -> None:
+        self.trial_id = trial_id
+        self.config = {"w": w, "seed": seed}
+
+
+def test_seed_group_asha_judges_a_configuration_by_its_mean_over_seeds() -> None:
+    from study.space import SeedGroupASHA
+
+    sch = SeedGroupASHA(
+        metric="m", mode="max", max_t=8, grace_period=2, reduction_factor=2, group_size=2
+    )
+    assert sch._rungs == [2, 4]
+    a0, a1, b0, b1, c0, c1 = (_Trial(f"{w}{s}", w, s) for w in (1.0, 2.0, 3.0) for s in (0, 1))
+
+    def res(t: int, v: float) -> dict:
+        return {"m": v, "training_iteration": t}
+
+    # configuration a arrives first at rung 2: it goes on whatever its values
+    assert sch.on_trial_result(None, a0, res(2, 30.0)) == "CONTINUE"
+    assert sch.on_trial_result(None, a1, res(2, 50.0)) == "CONTINUE"  # mean 40
+    # b: one seed far below a's mean, the other far above; mean 41 >= 40 -> goes on,
+    # where stock ASHA would have stopped b0 (20 < 30) on its own
+    assert sch.on_trial_result(None, b0, res(2, 20.0)) == "CONTINUE"  # waits for b1
+    assert sch.on_trial_result(None, b0, res(3, 21.0)) == "CONTINUE"
+    assert sch.on_trial_result(None, b1, res(2, 62.0)) == "CONTINUE"
+    # c: mean 35 < the median of [40, 41] -> stopped; its first seed at its next result
+    assert sch.on_trial_result(None, c0, res(2, 36.0)) == "CONTINUE"
+    assert sch.on_trial_result(None, c1, res(2, 34.0)) == "STOP"
+    assert sch.on_trial_result(None, c0, res(3, 37.0)) == "STOP"
+    # full budget: never stopped
+    assert sch.on_trial_result(None, a0, res(8, 1.0)) == "CONTINUE"
+    pickle.dumps(sch)  # Tune pickles its scheduler with the experiment
+
+
+def test_seed_group_asha_minimises() -> None:
+    from study.space import SeedGroupASHA
+
+    sch = SeedGroupASHA(
+        metric="m", mode="min", max_t=4, grace_period=1, reduction_factor=2, group_size=1
+    )
+    assert sch.on_trial_result(None, _Trial("a", 1.0, 0), {"m": 0.5, "training_iteration": 1})
+    assert sch.on_trial_result(None, _Trial("b", 2.0, 0), {"m": 0.9, "training_iteration": 1}) == (
+        "STOP"
+    )
+    assert sch.on_trial_result(None, _Trial("c", 3.0, 0), {"m": 0.1, "training_iteration": 1}) == (
+        "CONTINUE"
+    )

@@ -187,18 +187,23 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path:
 @pytest.mark.slow
 def test_repeats_run_every_configuration_under_each_seed(tmp_path: Path) -> None:
     """repeats: 2 on a 2-point space: 2 configurations x seeds [3, 4] = 4 trials (the search
-    then finishes rather than repeat a configuration), grouped in MLflow and on the board."""
+    then finishes rather than repeat a configuration), grouped in MLflow and on the board,
+    and early-stopped by configuration (SeedGroupASHA), not seed by seed."""
     space = tmp_path / "rep.yaml"
     space.write_text(
         f"extends: {REPO / 'benchmarks' / 'spaces' / 'search_kd_grid.yaml'}\n"
         "name: rep\n"
-        "trial: {epochs: 2}\n"
+        "trial: {epochs: 6}\n"
         "search: {losses.kd.temperature: null,\n"
         "         losses.kd.weight: {type: categorical, values: [1.0, 4.0]}}\n"
+        # weight 1 first: at epoch 1 it leads weight 4 by ~19 points (mean of seeds 3, 4),
+        # so the rule stops weight 4 (with weight 4 first, both would go on)
+        "points: [{losses.kd.weight: 1.0}]\n"
         "samples: 3\n"
         "seeds: [3, 4, 5]\n"
         "repeats: 2\n"
-        "scheduler: {kind: fifo}\n"
+        "concurrency: 2\n"
+        "scheduler: {kind: asha, grace_period: 0.16, reduction_factor: 6}\n"
     )
     storage = tmp_path / "st"
     cmd = [*RUN, "--space", str(space), "--storage", str(storage), "--skip-baselines"]
@@ -216,9 +221,24 @@ def test_repeats_run_every_configuration_under_each_seed(tmp_path: Path) -> None
     assert list(groups.values()) == [{"3", "4"}, {"3", "4"}]
     board = json.loads((storage / "leaderboard.json").read_text())
     rows = board["searched"]
-    assert len(rows) == 2 and all(r["complete"] and r["n"] == 2 for r in rows)
+    assert len(rows) == 2 and all(r["n"] == 2 for r in rows)
     for row in rows:
         per_trial = [t["value"] for t in board["trials"] if t["trial_id"] in row["trial_ids"]]
         assert row["value"] == pytest.approx(sum(per_trial) / 2)
-    assert rows[0]["value"] >= rows[1]["value"]
     assert "searched configurations, mean over seeds" in r.stdout
+    # the rung is epoch 1: the configuration judged first goes on (both its seeds run
+    # first, 2 at a time); the other goes on iff its mean at epoch 1 is not below
+    started = {c.data.tags["trial_id"]: c.info.start_time for c in children}
+    at_rung, reached = {}, {}
+    for result in (storage / "ray" / "search").glob("*/result.json"):
+        res = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+        at_rung[res[0]["trial_id"]] = res[0]["val/top1_best"]
+        reached[res[0]["trial_id"]] = res[-1]["training_iteration"]
+    ids = [tuple(r["trial_ids"]) for r in rows]
+    first, second = sorted(ids, key=lambda g: min(started[t] for t in g))
+    assert all(reached[t] == 6 for t in first)
+    mean = {g: sum(at_rung[t] for t in g) / 2 for g in ids}
+    if mean[second] >= mean[first]:
+        assert all(reached[t] == 6 for t in second), (mean, reached)
+    else:  # stopped together, each seed at most a few epochs past the rung
+        assert all(reached[t] < 6 for t in second), (mean, reached)
