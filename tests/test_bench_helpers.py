@@ -30,3 +30,48 @@ def test_single_seed_grid_picks_ranks_each_seeds_argmax() -> None:
 def test_asha_rungs_follow_rays_milestones() -> None:
     assert bs.asha_rungs(8, 0.25, 2) == [2, 4, 8]
     assert bs.asha_rungs(12, 0.25, 3) == [3, 9, 12]
+
+
+@pytest.mark.parametrize("repeats", [3])
+def test_asha_samples_fill_the_budget_of_the_grid_over_its_seeds(repeats: int) -> None:
+    plan = bs.Plan(
+        epochs=8,
+        seeds=(0, 1, 2),
+        max_per_class=None,
+        val_fraction=None,
+        teacher_epochs=None,
+        grace_period=0.75,
+        reduction_factor=2.0,
+        repeats=repeats,
+        seed_offset=0,
+        search_overlay={},
+        quick=False,
+    )
+    n = bs.asha_samples(25, 8, plan)
+    rungs = bs.asha_rungs(8, 0.75, 2.0)
+    budget = bs.EPOCH_BUDGET * 25 * 8 * 3  # 30 % of 25 configurations x 8 epochs x 3 seeds
+    assert bs.asha_cost_quantile(n * repeats, rungs, 2.0) <= budget
+    assert bs.asha_cost_quantile((n + 1) * repeats, rungs, 2.0) > budget
+
+
+def test_group_asha_cost_reduces_to_asha_with_one_seed_and_one_slot() -> None:
+    import random
+
+    rng = random.Random(0)
+    for _ in range(20):
+        order = list(range(9))
+        rng.shuffle(order)
+        assert bs.group_asha_cost(order, [2, 4, 8], 2.0, 1, 1) == bs.asha_cost(
+            order, [2, 4, 8], 2.0
+        )
+
+
+def test_group_asha_cost_counts_seeds_that_run_ahead_while_waiting() -> None:
+    # 2 seeds, 2 slots: both seeds of the worse configuration (arriving second) reach
+    # the rung in the same step; the first to report goes on (its sibling is not there
+    # yet), the second completes the group and stops it: 2 x 8 + 3 + 2
+    assert bs.group_asha_cost([1, 0], [2, 8], 2.0, 2, 2) == 21
+    # 3 seeds, 2 slots: the first configuration runs 3 x 8 = 24; the second one's first
+    # seed starts beside the first one's third and finishes (8) before its other two
+    # reach the rung, where it stops: one at its rung (2), one an epoch later (3)
+    assert bs.group_asha_cost([1, 0], [2, 8], 2.0, 3, 2) == 24 + 8 + 2 + 3
