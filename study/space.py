@@ -99,9 +99,9 @@ class FidelityAwareOptunaSearch(OptunaSearch):
     seeds (common random numbers), so one proposed again would train to the identical
     result; on categorical spaces TPE does propose its incumbent again. Such a draw is
     told to Optuna as PRUNED without values (no new information; TPE moves away from it)
-    and another is drawn, up to ``max_redraws`` times. When a finite space (``n_points``
-    configurations) has been run completely, the search ends (``Searcher.FINISHED``)
-    instead of repeating a trial.
+    and another is drawn, up to ``max_redraws`` times; in a finite space (``grid``, all
+    its configurations) the first configuration not yet run is taken then, and once all
+    have run the search ends (``Searcher.FINISHED``) instead of repeating a trial.
 
     Seeds (``seeds`` of two or more, the study's ``repeats``): a configuration Optuna
     proposes runs as one Ray trial per seed (``{**config, "seed": s}``), issued one after
@@ -116,13 +116,15 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         full_budget: int,
         *,
         n_points: int | None = None,
+        grid: list[dict[str, Any]] | None = None,
         max_redraws: int = 32,
         seeds: list[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._full_budget = full_budget
-        self._n_points = n_points
+        self._grid = [dict(p) for p in grid] if grid is not None else None
+        self._n_points = len(grid) if grid is not None else n_points
         self._max_redraws = max_redraws
         self._seeds = list(seeds) if seeds and len(seeds) > 1 else None
         self._groups: dict[str, RepeatGroup] = {}  # primary Ray trial id -> group
@@ -151,12 +153,20 @@ class FidelityAwareOptunaSearch(OptunaSearch):
             config = super().suggest(trial_id)
             if not config or not callable(self._space) or not self._is_repeat(trial_id):
                 return config
-            if attempt == self._max_redraws:
+            if attempt == self._max_redraws and self._grid is None:
                 break  # a large space that keeps repeating itself: run the repeat
             self._ot_study.tell(self._ot_trials.pop(trial_id), None, state=OptunaTrialState.PRUNED)
             self.repeats_skipped += 1
             if self._n_points is not None and len(self._distinct_run()) >= self._n_points:
                 return Searcher.FINISHED
+            if attempt == self._max_redraws and self._grid is not None:
+                # a finite space TPE keeps repeating: run its first point not yet run
+                run = self._distinct_run()
+                point = next((p for p in self._grid if repr(sorted(p.items())) not in run), None)
+                if point is None:
+                    return Searcher.FINISHED
+                self._ot_study.enqueue_trial(point)
+                return super().suggest(trial_id)
         return config
 
     @staticmethod
@@ -268,7 +278,7 @@ def build_searcher(spec: StudySpec, full_budget: int) -> Any:
     finite = all(p.type == "categorical" for p in spec.search)
     searcher = FidelityAwareOptunaSearch(
         full_budget,
-        n_points=len(grid_points(spec)) if finite else None,
+        grid=grid_points(spec) if finite else None,
         seeds=spec.search_seeds,
         space=define_by_run(spec),
         metric=spec.objective.reported_metric,

@@ -233,3 +233,29 @@ def test_seed_group_asha_minimises() -> None:
     assert sch.on_trial_result(None, _Trial("c", 3.0, 0), {"m": 0.1, "training_iteration": 1}) == (
         "CONTINUE"
     )
+
+
+def test_a_finite_space_runs_an_unrun_point_when_redraws_run_out() -> None:
+    """TPE after one start-up trial keeps proposing its incumbent; with no redraws left,
+    the search takes the next configuration not run yet instead of a repeat."""
+    from ray.tune.search import Searcher
+
+    grid = [{"w": 1.0}, {"w": 4.0}, {"w": 16.0}]
+    s = FidelityAwareOptunaSearch(
+        4,
+        grid=grid,
+        max_redraws=0,
+        space=_three_weights,
+        metric="m",
+        mode="max",
+        sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=1),
+    )
+    seen = []
+    for i in range(3):
+        cfg = s.suggest(f"t{i}")
+        assert isinstance(cfg, dict)
+        seen.append(cfg["w"])
+        s.on_trial_complete(f"t{i}", {"m": 50.0 - i, "training_iteration": 4})
+    assert sorted(seen) == [1.0, 4.0, 16.0]
+    assert s.repeats_skipped >= 1  # a repeat was drawn and replaced
+    assert s.suggest("t3") == Searcher.FINISHED
