@@ -48,10 +48,11 @@ def test_asha_samples_fill_the_budget_of_the_grid_over_its_seeds(repeats: int) -
         quick=False,
     )
     n = bs.asha_samples(25, 8, plan)
-    rungs = bs.asha_rungs(8, 0.75, 2.0)
     budget = bs.EPOCH_BUDGET * 25 * 8 * 3  # 30 % of 25 configurations x 8 epochs x 3 seeds
-    assert bs.asha_cost_quantile(n * repeats, rungs, 2.0) <= budget
-    assert bs.asha_cost_quantile((n + 1) * repeats, rungs, 2.0) > budget
+    assert bs.study_cost_quantile(n, plan, 8) <= budget < bs.study_cost_quantile(n + 1, plan, 8)
+    # the seeds of a configuration are planned for: at least what they cost apart
+    rungs = bs.asha_rungs(8, 0.75, 2.0)
+    assert bs.study_cost_quantile(n, plan, 8) >= bs.asha_cost_quantile(n * repeats, rungs, 2.0)
 
 
 def test_group_asha_cost_reduces_to_asha_with_one_seed_and_one_slot() -> None:
