@@ -240,5 +240,8 @@ def test_repeats_run_every_configuration_under_each_seed(tmp_path: Path) -> None
     mean = {g: sum(at_rung[t] for t in g) / 2 for g in ids}
     if mean[second] >= mean[first]:
         assert all(reached[t] == 6 for t in second), (mean, reached)
-    else:  # stopped together, each seed at most a few epochs past the rung
-        assert all(reached[t] < 6 for t in second), (mean, reached)
+    else:
+        # stopped when its last seed reached the rung; a seed that started earlier (2 slots,
+        # issued in turn) may have gone on meanwhile, even to the end
+        assert any(reached[t] < 6 for t in second), (mean, reached)
+        assert not next(r for r in rows if tuple(r["trial_ids"]) == second)["complete"]
