@@ -313,7 +313,9 @@ def grid_table(trials: list[dict[str, Any]], seeds: tuple[int, ...]) -> list[Gri
 
 def asha_rungs(epochs: int, grace_period: float, reduction_factor: float) -> list[int]:
     """Milestones of Ray's ASHA (grace * rf^k < max_t), then max_t."""
-    grace = max(1, round(grace_period * epochs))
+    from study.spec import SchedulerSpec
+
+    grace = SchedulerSpec(grace_period=grace_period).grace_epochs(epochs)
     rungs, r = [], float(grace)
     while r < epochs:
         rungs.append(int(r))

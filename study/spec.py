@@ -143,7 +143,10 @@ class SchedulerSpec:
     min_samples_required: int = 3  # median
 
     def grace_epochs(self, epochs: int) -> int:
-        return max(1, round(self.grace_period * epochs))
+        """The first rung's epoch: never before the configured fraction (0.75 of 6 epochs
+        is epoch 5; Python's round gave 4, a rung at 0.67 where the measured ranking
+        agreement was +0.50 against +0.91 at epoch 5)."""
+        return max(1, math.ceil(self.grace_period * epochs - 1e-9))
 
 
 @dataclass(frozen=True)

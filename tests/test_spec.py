@@ -314,3 +314,12 @@ def test_repeats_run_each_configuration_under_the_first_seeds(tmp_path: Path) ->
     raw.pop("repeats")
     raw["trial"]["seed"] = 3
     assert load_spec(write(tmp_path, yaml.safe_dump(raw))).search_seeds == [3]
+
+
+def test_first_rung_never_comes_before_its_fraction() -> None:
+    from study.spec import SchedulerSpec
+
+    assert SchedulerSpec(grace_period=0.75).grace_epochs(6) == 5  # 4.5 -> 5, not round's 4
+    assert SchedulerSpec(grace_period=0.75).grace_epochs(8) == 6
+    assert SchedulerSpec(grace_period=0.1).grace_epochs(240) == 24  # exact stays exact
+    assert SchedulerSpec(grace_period=0.01).grace_epochs(12) == 1
