@@ -66,6 +66,11 @@ KD         2 seeds, rungs 2/4/8, SeedGroupASHA, 13 configs 1, 1, 3      2/3   0.
 
 (*) the default run (the space's ``repeats: 1``, ``grace_period: 0.75``); seed 0 ran one
 configuration twice (23 distinct), since fixed: a finite space takes an unrun point.
+This protocol was chosen from this grid's diagnostics. Checked on a grid it was not
+chosen on (``--epochs 6``, same data): 0/3 (picks 4, 3, 6) with the first rung at epoch
+4, where ``round(0.75 * 6)`` had put it (rank agreement +0.50 there); with the rung at
+epoch 5 (``grace_epochs`` now takes the ceiling; +0.91 there) 2/3 (picks 1, 1, 6) at
+0.28 of the grid's epochs, while a complete single-seed grid picks ranks 1, 1, 2.
 ``--space benchmarks/spaces/search_kd_grid.yaml`` runs the last row (``repeats: 2``).
 
 Why, from the diagnostics:
