@@ -317,15 +317,12 @@ def grid_table(trials: list[dict[str, Any]], seeds: tuple[int, ...]) -> list[Gri
 
 
 def asha_rungs(epochs: int, grace_period: float, reduction_factor: float) -> list[int]:
-    """Milestones of Ray's ASHA (grace * rf^k < max_t), then max_t."""
+    """Milestones of Ray's ASHA (grace * rf^k < max_t), then max_t: the study's own rungs."""
+    from study.space import asha_milestones
     from study.spec import SchedulerSpec
 
     grace = SchedulerSpec(grace_period=grace_period).grace_epochs(epochs)
-    rungs, r = [], float(grace)
-    while r < epochs:
-        rungs.append(int(r))
-        r *= reduction_factor
-    return [*rungs, epochs]
+    return [*asha_milestones(epochs, grace, reduction_factor), epochs]
 
 
 def asha_cost(order: list[int], rungs: list[int], reduction_factor: float) -> int:

@@ -349,9 +349,9 @@ class SeedGroupASHA(FIFOScheduler):
         if self._metric not in result or t >= self._max_t:
             return "CONTINUE"
         value = self._sign * float(result[self._metric])
-        for rung in self._rungs:
+        for rung in (r for r in self._rungs if r <= t):
             waiting = self._waiting.setdefault((group, rung), {})
-            if t < rung or trial.trial_id in waiting:
+            if trial.trial_id in waiting:
                 continue
             waiting[trial.trial_id] = value
             if len(waiting) < self._group_size:
