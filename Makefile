@@ -19,7 +19,7 @@ install: $(STAMP)
 # A small real study on the embedded digits data: teacher + cost matrix (cached),
 # 16 searched WKL trials (ASHA + TPE) and the KD / WKD-L / GKL baselines x 2 seeds.
 quickstart: $(STAMP)
-	$(PY) study/run.py --space search_spaces/quickstart.yaml --storage $(STUDY)
+	$(PY) study/run.py --space search_spaces/quickstart.yaml --storage $(STUDY) --teachers-dir studies/teachers
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -57,6 +57,7 @@ import argparse
 import math
 import multiprocessing as mp
 import os
+import secrets
 import shutil
 import statistics
 import sys
@@ -342,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("need --n >= 1, --m >= 2, --trial-seconds > 0")
 
     # the same settings study/run.py gives Ray (set before Ray starts its processes)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # token auth on, as study/run.py runs a private local Ray (secure_ray_env)
+    if os.environ.setdefault("RAY_AUTH_MODE", "token") == "token":
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # + JsonLoggerCallback

@@ -22,10 +22,12 @@ import logging
 import numbers
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
+from study.integrity import sign_staged_state
 from study.tracking import STEP_KEY, StudyTracker
 
 logger = logging.getLogger(__name__)
@@ -232,3 +234,27 @@ class MLflowStudyCallback(Callback):
                 self._tracker.close_trial(trial.trial_id, status)
                 self._open.discard(trial.trial_id)
         self._tracker.flush_outbox()
+
+
+class StateSigningCallback(Callback):
+    """Signs, as the driver writes them, the files Ray unpickles on restore
+    (``study/integrity.py``): the experiment and searcher state and the trials'
+    ``error.pkl`` in Ray's local staging directory at each save (``get_state`` runs right
+    after Ray wrote its state there, before the folder is copied to the study directory).
+
+    Reaches into ``trial.storage`` (Ray's StorageContext) for the staging path: Ray
+    offers no public accessor; the kill-and-resume test fails if the attribute moves.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._staging: Path | None = None
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self._staging is None and trials:
+            self._staging = Path(trials[0].storage.experiment_driver_staging_path)
+
+    def get_state(self) -> dict[str, Any] | None:
+        if self._staging is not None and self._staging.is_dir():
+            sign_staged_state(self._staging, self._key)
+        return None  # stateless: Ray writes no callback pickle

@@ -55,7 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the study in --storage")
     p.add_argument("--dry-run", action="store_true", help="validate and print; start nothing")
     p.add_argument("--seed", type=int, help="searcher seed (overrides searcher.seed)")
-    p.add_argument("--teachers-dir", help="teacher registry (default: <storage>/../teachers)")
+    p.add_argument(
+        "--teachers-dir",
+        help="teacher registry, shared between studies (default: <storage>/teachers)",
+    )
     p.add_argument(
         "--train-teacher",
         action="store_true",
@@ -68,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # first, before anything imports Ray: Ray reads its auth mode once, at import
+    auth_error = secure_ray_env(ray_address(args))
+    if auth_error:
+        return bad_input(auth_error)
     # MLflow's INFO lines (database set-up) drown the progress; warnings still show
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     overrides: dict[str, Any] = {}
@@ -121,6 +128,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"started with ({storage / 'spec.json'}); a space cannot change on "
                 "resume"
             )
+    if args.resume:
+        # before anything starts: Ray's restore unpickles these files (study/integrity.py)
+        from study.integrity import IntegrityError, load_key, verify
+
+        try:
+            key = load_key(create=False)
+            for exp_dir in sorted((storage / "ray").glob("*")):
+                verify(exp_dir, key)
+        except IntegrityError as exc:
+            return bad_input(f"--resume: {exc}")
     try:
         return run_study(spec, args, storage, n_trials)
     except KeyboardInterrupt:
@@ -189,7 +206,8 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     data = trial.get("data") or {}
     dataset = data.get("dataset", "digits")
     cost_cfg = trial.get("cost") or {}
-    teachers_dir = Path(args.teachers_dir or storage.parent / "teachers").resolve()
+    # nothing is written outside the study directory unless the user names the registry
+    teachers_dir = Path(args.teachers_dir or storage / "teachers").resolve()
     say(f"[1/4] teacher {trial['teacher']['arch']} on {dataset} (registry {teachers_dir})")
     t0 = time.time()
     try:
@@ -390,6 +408,69 @@ def ray_address(args: argparse.Namespace) -> str | None:
     return args.address or os.environ.get("RAY_ADDRESS") or None
 
 
+def start_ray(address: str | None) -> None:
+    """Join ``address`` or start a private local Ray (after :func:`secure_ray_env`)."""
+    import ray
+
+    env = os.environ
+    env.setdefault("RAY_DEDUP_LOGS", "1")
+    # num_to_keep forces experiment snapshots; frequent with short epochs, harmless
+    env.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    env.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray's default loggers write CSV, JSON and TensorBoard files for every result; MLflow is
+    # the record here, so only result.json is kept (Result.metrics_dataframe reads it)
+    env.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # "local": always a private instance. Without it Ray attaches to any cluster a
+        # `ray start` left on this machine (its address file under /tmp/ray), and a study
+        # would silently share another user's cluster.
+        ray.init(
+            address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
+
+
+def secure_ray_env(address: str | None) -> str | None:
+    """Token authentication on, never off silently.
+
+    Ray's gRPC servers listen on every interface of the machine (Ray offers no way to
+    bind them to loopback), so the token is what keeps others out: without it anyone who
+    reaches a port could submit code that runs as this user. A private local Ray gets a
+    fresh random token for this driver only (in the environment its processes inherit;
+    never written to disk). A cluster (``--address``) needs the cluster's token:
+    ``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``.
+    ``RAY_AUTH_MODE=disabled`` is obeyed, with a warning line. Returns an error line when
+    a cluster needs a token and none is available (checked before anything starts).
+    """
+    env = os.environ
+    mode = env.setdefault("RAY_AUTH_MODE", "token").lower()
+    if mode == "disabled":
+        print(
+            "warning: RAY_AUTH_MODE=disabled: Ray token authentication is OFF; anyone who "
+            "can reach this machine's Ray ports can run code as you",
+            file=sys.stderr,
+        )
+        return None
+    if mode != "token":
+        return f"$RAY_AUTH_MODE: {mode!r} (allowed: token, disabled)"
+    has_token = bool(env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH"))
+    if address is None:
+        if not has_token:
+            import secrets
+
+            env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        return None
+    if not has_token and not (Path.home() / ".ray" / "auth_token").is_file():
+        return (
+            f"--address {address}: Ray token authentication is on and no token was found "
+            "(set $RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH to the cluster's token, or put it in "
+            "~/.ray/auth_token)"
+        )
+    return None
+
+
 def _criterion_formula(cfg: TrialConfig) -> str:
     from trainables.loop import build_criterion
 
@@ -417,33 +498,16 @@ def run_tuners(
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    from study.callbacks import MLflowStudyCallback
+    from study.callbacks import MLflowStudyCallback, StateSigningCallback
+    from study.integrity import load_key, sign
     from study.progress import ProgressCallback
     from study.space import build_scheduler, build_searcher, param_space
     from trainables.trainable import trainable_with_resources
 
-    env = os.environ
-    env.setdefault("RAY_AUTH_MODE", "disabled")  # platform.md: set explicitly
-    env.setdefault("RAY_DEDUP_LOGS", "1")
-    # num_to_keep forces experiment snapshots; frequent with short epochs, harmless
-    env.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    env.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ray's default loggers write CSV, JSON and TensorBoard files for every result; MLflow is
-    # the record here, so only result.json is kept (Result.metrics_dataframe reads it)
-    env.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    address = ray_address(args)
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # "local": always a private instance. Without it Ray attaches to any cluster a
-        # `ray start` left on this machine (its address file under /tmp/ray), and a study
-        # would silently share another user's cluster.
-        ray.init(
-            address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
+    start_ray(ray_address(args))
     epochs = spec.epochs
     ray_dir = storage / "ray"
+    state_key = load_key(create=True)
     res = spec.resources
     summaries: list[Any] = []
     try:
@@ -487,6 +551,7 @@ def run_tuners(
                     name, total, spec.objective.reported_metric, epochs, quiet=args.quiet
                 ),
                 JsonLoggerCallback(),
+                StateSigningCallback(state_key),  # last: it signs what Ray just saved
             ]
             run_config = tune.RunConfig(
                 name=name,
@@ -520,6 +585,8 @@ def run_tuners(
                     ),
                     run_config=run_config,
                 )
+            # Ray wrote tuner.pkl while building the tuner: sign it at once
+            sign(exp_path, [exp_path / "tuner.pkl"], state_key)
             grid = tuner.fit()
             summaries += summarize(grid, name, spec, bases)
     finally:

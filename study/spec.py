@@ -30,6 +30,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ TOP_KEYS = (
 SEARCHERS = ("tpe", "random", "grid")
 SCHEDULERS = ("fifo", "asha", "pbt", "median")
 PARAM_TYPES = ("float", "int", "categorical")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class SpecError(ValueError):
@@ -382,6 +384,15 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
     elif num_to_keep is not None:
         num_to_keep = _int(num_to_keep, "checkpoints.num_to_keep", err, minimum=1)
     name = raw.get("name") or path.stem
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        # the name becomes a folder (studies/<name>) and an MLflow experiment: no path
+        # separators, no "..", nothing that could write outside the study directory
+        err(
+            "name",
+            f"{str(name)[:80]!r}",
+            "letters, digits, '.', '_', '-'; starting with a "
+            "letter or digit; at most 100 characters",
+        )
     spec = StudySpec(
         path=path.resolve(),
         name=str(name),

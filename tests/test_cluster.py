@@ -5,6 +5,7 @@ on both nodes, and MLflow still holds exactly one run per trial."""
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,9 @@ import pytest
 from tests.test_study_e2e import ENV, REPO, RUN, check_structure
 
 RAY = str(Path(sys.executable).parent / "ray")
+# token auth on, one token shared by the nodes and the driver (as on a real cluster)
+TOKEN = secrets.token_hex(32)
+CLUSTER_ENV = {**ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
 
 
 def free_port() -> int:
@@ -27,13 +31,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def alive_nodes(address: str) -> int:
+def alive_nodes(address: str, env: dict[str, str] | None = None) -> int:
     probe = "import ray; ray.init(address=%r, log_to_driver=False); "
     probe += "print(sum(n['Alive'] for n in ray.nodes()))"
     try:
         r = subprocess.run(
             [sys.executable, "-c", probe % address],
-            env=ENV,
+            env=CLUSTER_ENV if env is None else env,
             capture_output=True,
             text=True,
             timeout=60,
@@ -58,7 +62,7 @@ def loopback_cluster(tmp_path: Path) -> Iterator[str]:
         cmd = [RAY, "start", *args, "--num-cpus=1", "--disable-usage-stats", "--block"]
         cmd += [f"--dashboard-agent-listen-port={free_port()}"]
         out = (tmp_path / log).open("w")
-        return subprocess.Popen(cmd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, env=CLUSTER_ENV, stdout=out, stderr=subprocess.STDOUT)
 
     head = node(
         "--head",
@@ -115,7 +119,9 @@ def test_study_joins_a_two_node_cluster_and_uses_both_nodes(
     storage = tmp_path / "st"
     cmd = [*RUN, "--space", str(space), "--storage", str(storage), "--skip-baselines"]
     cmd += ["--teachers-dir", str(tmp_path / "teachers"), "--address", loopback_cluster]
-    r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        cmd, cwd=tmp_path, env=CLUSTER_ENV, capture_output=True, text=True, timeout=900
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"starting Ray: cluster at {loopback_cluster}" in r.stdout
     nodes = set()
@@ -125,3 +131,21 @@ def test_study_joins_a_two_node_cluster_and_uses_both_nodes(
         nodes |= {row["node_ip"] for row in rows}
     assert "127.0.0.2" in nodes and len(nodes) == 2, nodes  # the worker node ran trials too
     check_structure(storage, "two_nodes", 4, 0)
+
+    # token auth: a driver with another token, or none, is refused by the cluster
+    wrong = {**ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    assert alive_nodes(loopback_cluster, wrong) == 0
+    assert alive_nodes(loopback_cluster, {**ENV, "RAY_AUTH_MODE": "disabled"}) == 0
+    assert alive_nodes(loopback_cluster) == 2  # and the right token still gets in
+    # a study without the token fails in one line, before anything starts
+    bare = {k: v for k, v in ENV.items() if not k.startswith("RAY_AUTH")}
+    r = subprocess.run(
+        [*cmd[:-2], "--storage", str(tmp_path / "st2"), "--address", loopback_cluster],
+        cwd=tmp_path,
+        env={**bare, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "no token was found" in r.stderr and not (tmp_path / "st2").exists()

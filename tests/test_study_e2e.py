@@ -20,7 +20,11 @@ from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+# the product's default: token auth on (a private local Ray gets a fresh token)
+ENV = {
+    **{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")},
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 def runs_of(storage: Path, experiment: str) -> tuple[object, list, list]:

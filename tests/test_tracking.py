@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import secrets
 import socket
 import subprocess
 import sys
@@ -422,8 +423,9 @@ def test_outbox_replays_exactly_once_when_server_comes_back(
 @pytest.fixture()
 def ray_local(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ray = pytest.importorskip("ray")
-    # Token auth is on by default in Ray 2.60 (spec/platform.md): set the mode explicitly.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # token auth, as the product runs Ray: a fresh token in this process's environment
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
