@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip-baselines", action="store_true", help="run the search only")
     p.add_argument("--quiet", action="store_true", help="only the final leaderboard")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's own messages and tracebacks on the console too (default: the study log)",
+    )
     return p.parse_args(argv)
 
 
@@ -365,7 +370,14 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     # -- Ray --------------------------------------------------------------------------
     address = ray_address(args)
     say("[2/4] starting Ray" + (f": cluster at {address}" if address else " (local)"))
-    summaries = run_tuners(spec, args, storage, bases, tracker, describe, n_trials, say)
+    try:
+        summaries = run_tuners(spec, args, storage, bases, tracker, describe, n_trials, say)
+    except BaseException:
+        # whatever stopped the driver (a Ray error, Ctrl-C), no MLflow run stays RUNNING:
+        # the parent and its open children end KILLED; --resume reopens the study
+        with contextlib.suppress(Exception):
+            tracker.finish_study("KILLED")
+        raise
     from study.report import leaderboard
 
     table, summary = leaderboard(
@@ -430,6 +442,31 @@ def start_ray(address: str | None) -> None:
         ray.init(
             address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
         )
+
+
+def route_ray_logs(storage: Path, *, verbose: bool) -> Path:
+    """Ray Tune's own messages (a failed trial's full traceback, warnings) go to
+    ``<storage>/study.log``; the console keeps the study's one line per trial. With
+    ``verbose`` they go to both."""
+    import logging
+
+    log_file = storage / "study.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = verbose
+    return log_file
+
+
+def _progress_label(config: dict[str, Any]) -> str:
+    """``kd seed 1`` for a baseline; nothing extra for a searched trial (its id)."""
+    base = str(config.get("base", "search"))
+    if base == "search":
+        return ""
+    name, _, seed = base.partition(":")
+    return f"{name} seed {seed}" if seed else name
 
 
 def secure_ray_env(address: str | None) -> str | None:
@@ -508,6 +545,7 @@ def run_tuners(
     epochs = spec.epochs
     ray_dir = storage / "ray"
     state_key = load_key(create=True)
+    log_file = route_ray_logs(storage, verbose=args.verbose)
     res = spec.resources
     summaries: list[Any] = []
     try:
@@ -548,7 +586,14 @@ def run_tuners(
                     tracker, describe, max_iterations=epochs, outputs_dir=str(storage / "trials")
                 ),
                 ProgressCallback(
-                    name, total, spec.objective.reported_metric, epochs, quiet=args.quiet
+                    name,
+                    total,
+                    spec.objective.reported_metric,
+                    epochs,
+                    quiet=args.quiet,
+                    outputs_dir=str(storage / "trials"),
+                    log_file=str(log_file),
+                    label=_progress_label,
                 ),
                 JsonLoggerCallback(),
                 StateSigningCallback(state_key),  # last: it signs what Ray just saved

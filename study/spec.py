@@ -15,7 +15,12 @@ A study file is data only (``yaml.safe_load``). Sections:
   ``seeds`` (baselines run under each), ``repeats`` (each searched configuration runs
   under the first ``repeats`` seeds and is ranked by its mean: ``samples x repeats``
   trials; default 1, one trial under ``trial.seed`` or the first seed),
-  ``baselines: {name: {losses: ..., handoff: ..., <other trial keys>}}``,
+  ``baselines: {name: {family: ..., losses: ..., handoff: ..., <other trial keys>}}``:
+  a baseline runs its family's *published recipe* for the trial's teacher -> student
+  pair (optimizer, losses, schedules; ``trainables.config.published_recipe``) and takes
+  from ``trial`` only the task (``TASK_KEYS``); its entry's ``losses`` deep-merge into
+  the recipe's (``null`` deletes a term; required for a family without a recipe), its
+  other keys override,
   ``failure: {max_failures}``, ``checkpoints: {num_to_keep}``;
 - ``extends: other.yaml`` (relative to this file): deep-merged under this file;
   ``null`` deletes an inherited entry of ``search``, ``points`` or ``baselines``.
@@ -37,7 +42,15 @@ from typing import Any
 
 import yaml
 
-from trainables.config import ConfigError, TrialConfig, get_path, with_overrides
+from trainables.config import (
+    RECIPE_FAMILIES,
+    ConfigError,
+    NetConfig,
+    TrialConfig,
+    get_path,
+    published_recipe,
+    with_overrides,
+)
 from trainables.schedules import Schedule
 
 TOP_KEYS = (
@@ -154,7 +167,20 @@ class SchedulerSpec:
 @dataclass(frozen=True)
 class Baseline:
     name: str
-    overrides: dict[str, Any]  # nested; ``losses`` replaces the trial's, the rest merges
+    overrides: dict[str, Any]  # nested; merged onto the family's published recipe
+
+    @property
+    def family(self) -> str:
+        return str(self.overrides.get("family", self.name))
+
+
+#: what a baseline takes from the study's trial section: the task, never the recipe
+TASK_KEYS = ("data", "teacher", "student", "epochs", "device", "amp", "final", "cost", "output")
+BASELINE_NOTE = (
+    "baselines run their published recipe (optimizer, losses, schedules of their family "
+    "for the trial's teacher -> student pair); from the trial section they take only the "
+    "task: " + ", ".join(TASK_KEYS)
+)
 
 
 @dataclass
@@ -196,16 +222,26 @@ class StudySpec:
         raise KeyError(name)
 
     def baseline_config(self, b: Baseline, seed: int) -> dict[str, Any]:
-        cfg = copy.deepcopy(self.trial)
+        """The baseline's trial dict: the trial's task + its family's published recipe
+        for the pair + its own entry (never the trial's optimizer, losses or schedules)."""
+        task = {k: copy.deepcopy(self.trial[k]) for k in TASK_KEYS if k in self.trial}
+        teacher = get_path(task, "teacher.arch", TrialConfig().teacher.arch)
+        student = get_path(task, "student.arch", NetConfig().arch)
+        recipe = published_recipe(b.family, str(teacher), str(student))
         over = copy.deepcopy(b.overrides)
-        cfg["losses"] = over.pop("losses")
-        cfg["handoff"] = over.pop("handoff", None)
-        if cfg["handoff"] is None:
-            cfg.pop("handoff")
+        losses_over = over.pop("losses", None)
+        handoff = over.pop("handoff", recipe.get("handoff"))
+        if recipe["losses"] is None:
+            losses = losses_over
+        else:
+            losses = _merge_terms(recipe["losses"], losses_over or {})
+        cfg = _deep_merge(task, {"family": b.family, "optim": recipe["optim"]})
         cfg = _deep_merge(cfg, over)
+        cfg["losses"] = losses
+        if handoff is not None:
+            cfg["handoff"] = handoff
         cfg["seed"] = seed
         cfg["role"] = "baseline"
-        cfg.setdefault("family", b.name)
         return cfg
 
     def spec_hash(self) -> str:
@@ -230,7 +266,23 @@ class StudySpec:
             "repeats": self.repeats,
             "search_seeds": self.search_seeds,
             "baselines": [b.name for b in self.baselines],
+            "baselines_note": BASELINE_NOTE,
+            "baseline_recipes": {b.name: self.baseline_recipe(b) for b in self.baselines},
         }
+
+    def baseline_recipe(self, b: Baseline) -> dict[str, Any]:
+        """A baseline's resolved optimizer, losses and hand-off (what the dry run shows)."""
+        cfg = TrialConfig.from_dict(self.baseline_config(b, self.seeds[0]))
+        plain = cfg.to_dict()
+        losses = {}
+        for name, term in plain["losses"].items():
+            term["schedule"] = cfg.losses[name].schedule.describe()
+            losses[name] = term
+        out = {"family": cfg.family, "optim": plain["optim"], "losses": losses}
+        if cfg.handoff is not None:
+            w, kl = cfg.handoff.schedules()
+            out["handoff"] = {"w": w.describe(), "kl": kl.describe()}
+        return out
 
 
 # -- loading ----------------------------------------------------------------------------
@@ -261,6 +313,19 @@ def load_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise SpecError(f"{path.name}: extends: expected a file name, got {parent!r}")
     base = load_yaml(path.parent / parent, (*_seen, path))
     return _deep_merge(base, raw)
+
+
+def _merge_terms(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Loss terms: ``over``'s settings deep-merge into ``base``'s; a ``null`` term is dropped."""
+    out = copy.deepcopy(base)
+    for name, spec in over.items():
+        if spec is None:
+            out.pop(name, None)
+        elif isinstance(spec, dict) and isinstance(out.get(name), dict):
+            out[name] = _deep_merge(out[name], spec)
+        else:
+            out[name] = copy.deepcopy(spec)
+    return out
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -563,8 +628,19 @@ def _parse_baselines(
     for name, over in raw.items():
         if over is None:
             continue
-        if not isinstance(over, dict) or "losses" not in over:
-            err(f"baselines.{name}", "needs a losses: mapping", "the baseline's loss terms")
+        if not isinstance(over, dict):
+            err(f"baselines.{name}", f"{over!r}", "a mapping {family: ..., <trial keys>}")
+        family = over.get("family", name)
+        if not isinstance(family, str):
+            err(f"baselines.{name}.family", f"{family!r}", "a family name (a string)")
+        if family not in RECIPE_FAMILIES and not isinstance(over.get("losses"), dict):
+            err(
+                f"baselines.{name}",
+                f"family {family!r} has no published recipe and no losses: mapping",
+                f"families with a recipe: {', '.join(RECIPE_FAMILIES)}; or give losses:",
+            )
+        if "losses" in over and not isinstance(over["losses"], dict):
+            err(f"baselines.{name}.losses", f"{over['losses']!r}", "a mapping of loss terms")
         b = Baseline(str(name), over)
         tmp = StudySpec.__new__(StudySpec)
         tmp.trial = trial

@@ -120,3 +120,115 @@ def test_trial_config_round_trip_and_errors() -> None:
         TrialConfig.from_dict({"losses": {"ce": {}, "wkd_l": {}}, "handoff": {}})
     with pytest.raises(ConfigError, match=r"^losses: at least one loss term"):
         TrialConfig.from_dict({"losses": {}})
+
+
+# -- validation at the source: one line naming the key path, the value, what is allowed --
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (
+            {"losses": {"kd": {"temperature": 0}}},
+            r"^losses\.kd\.temperature: 0\.0 is not allowed; allowed: a temperature > 0$",
+        ),
+        (
+            {"losses": {"kd": {"temperature": -4}}},
+            r"^losses\.kd\.temperature: -4\.0 is not allowed",
+        ),
+        ({"losses": {"wkd_l": {"temperature": 0}}}, r"^losses\.wkd_l\.temperature: .*(> 0|0\.0)"),
+        (
+            {"losses": {"kl": {"loss": "dkd", "temperature": 0}}},
+            r"^losses\.kl\.temperature: dkd\.temperature must be > 0, got 0\.0$",
+        ),
+        (
+            {"losses": {"dkd": {"beta": -1}}},
+            r"^losses\.dkd\.beta: dkd\.beta must be >= 0, got -1\.0$",
+        ),
+        (
+            {"losses": {"gkl": {"gamma": -0.1}}},
+            r"^losses\.gkl\.gamma: gkl\.gamma must be >= 0, got -0\.1$",
+        ),
+        (
+            {"losses": {"gkl": {"prior_temperature": 0}}},
+            r"^losses\.gkl\.prior_temperature: gkl\.prior_temperature must be > 0",
+        ),
+        ({"losses": {"gkl": {"alpha": -16}}}, r"^losses\.gkl\.alpha: gkl\.alpha must be >= 0"),
+        (
+            {"losses": {"kd": {"weight": -0.9}}},
+            r"^losses\.kd\.weight: -0\.9 is not allowed; allowed: a finite number >= 0$",
+        ),
+        ({"losses": {"kd": {"weight": NAN}}}, r"^losses\.kd\.weight: nan is not allowed"),
+        (
+            {"losses": {"kd": {}}, "optim": {"momentum": 1.0}},
+            r"^optim\.momentum: momentum must be in \[0, 1\), got 1\.0$",
+        ),
+        (
+            {"losses": {"kd": {}}, "optim": {"momentum": -0.1}},
+            r"^optim\.momentum: momentum must be in \[0, 1\)",
+        ),
+        (
+            {"losses": {"kd": {}}, "optim": {"weight_decay": -5e-4}},
+            r"^optim\.weight_decay: weight_decay must be >= 0, got -0\.0005$",
+        ),
+        ({"losses": {"kd": {}}, "optim": {"lr": 0}}, r"^optim\.lr: lr must be > 0, got 0\.0$"),
+        ({"losses": {"kd": {}}, "optim": {"lr": -0.1}}, r"^optim\.lr: lr must be > 0"),
+        (
+            {"losses": {"kd": {}}, "optim": {"lr": NAN}},
+            r"^optim\.lr: expected a finite number, got nan$",
+        ),
+        (
+            {"losses": {"kd": {}}, "optim": {"lr": INF}},
+            r"^optim\.lr: expected a finite number, got inf$",
+        ),
+        (
+            {"losses": {"kd": {}}, "optim": {"milestones": [0.5, NAN]}},
+            r"^optim\.milestones\[1\]: expected a finite number",
+        ),
+        (
+            {"losses": {"kd": {}}, "data": {"val_fraction": NAN}},
+            r"^data\.val_fraction: expected a finite number",
+        ),
+        (
+            {"losses": {"kd": {"temperature": NAN}}},
+            r"^losses\.kd\.temperature: expected a finite number",
+        ),
+        (
+            {"losses": {"kd": {"schedule": {"kind": "ramp_up", "end": NAN}}}},
+            r"^losses\.kd\.schedule\.end: expected a finite",
+        ),
+        (
+            {"losses": {"ce": {}, "wkd_l": {}, "kl": {"loss": "kd"}}, "handoff": {"center": NAN}},
+            r"^handoff\.center: expected a finite",
+        ),
+        (
+            {"losses": {"kd": {}}, "optim": {"momentum": 0.0, "nesterov": True}},
+            r"nesterov needs momentum > 0",
+        ),
+    ],
+)
+def test_bad_numbers_are_refused_with_one_line(raw: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected) as exc:
+        TrialConfig.from_dict(raw)
+    assert "\n" not in str(exc.value)
+
+
+def test_params_refuse_bad_values_when_built_directly() -> None:
+    from trainables.losses.dkd import DKDParams
+    from trainables.losses.gkl import GKLParams
+    from trainables.losses.kd2m import KD2MParams
+
+    for cls, kwargs in (
+        (DKDParams, {"temperature": 0.0}),
+        (DKDParams, {"alpha": -1.0}),
+        (DKDParams, {"beta": NAN}),
+        (GKLParams, {"gamma": -0.5}),
+        (GKLParams, {"temperature": -1.0}),
+        (GKLParams, {"beta": INF}),
+        (KD2MParams, {"ridge": -1e-4}),
+        (KD2MParams, {"beta": NAN}),
+    ):
+        with pytest.raises(ValueError, match=rf"\.{next(iter(kwargs))} must be"):
+            cls(**kwargs)
+    GKLParams(gamma=0.0)  # γ = 0 is published (RN32x4 -> SNV1)

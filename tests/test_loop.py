@@ -10,7 +10,7 @@ import torch
 
 from study.spec import load_spec
 from trainables.config import TrialConfig, with_overrides
-from trainables.loop import NonFiniteLoss, SinkhornCollapsed, lr_at, run_training
+from trainables.loop import LossUnhealthy, NonFiniteLoss, lr_at, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10 = REPO.parent / "shared" / "data" / "cifar10-jpeg"
@@ -80,6 +80,11 @@ def test_resume_from_a_checkpoint_gives_the_same_weights(cost_path: str, tmp_pat
     for k in a["criterion"]:
         assert torch.equal(a["criterion"][k], b["criterion"][k]), k
     assert full.metrics[-1]["val/top1"] == rest.metrics[-1]["val/top1"]
+    # the mean of the last 3 epochs: computed from the reported values, kept across resume
+    tops = [m["val/top1"] for m in full.metrics]
+    assert full.metrics[-1]["val/top1_last3"] == pytest.approx(sum(tops[-3:]) / 3)
+    assert full.metrics[0]["val/top1_last3"] == pytest.approx(tops[0])
+    assert rest.metrics[-1]["val/top1_last3"] == full.metrics[-1]["val/top1_last3"]
     # what cannot be regenerated is kept
     for name in ("best.pt", "last.pt", "eval_logits.pt", "per_class.json"):
         assert (tmp_path / "a" / name).is_file()
@@ -146,7 +151,7 @@ def test_collapsed_reference_sinkhorn_is_reported_not_trained_on(cost_path: str)
     over = {"losses.wkd_l.sinkhorn_reg": 0.005, "losses.wkd_l.temperature": 1, "epochs": 1}
     fail = {"losses.wkd_l.on_collapse": "fail"}
     cfg = TrialConfig.from_dict(digits_cfg(cost_path, **over, **fail))
-    with pytest.raises(SinkhornCollapsed, match="use solver: converged"):
+    with pytest.raises(LossUnhealthy, match="use solver: converged"):
         run_training(cfg, Recorder())
     warn = TrialConfig.from_dict(
         digits_cfg(cost_path, **over, **{"losses.wkd_l.on_collapse": "warn"})

@@ -172,6 +172,14 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path:
     r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "(1 searched trial(s) failed" in r.stdout
+    # the console: one line for the failed trial, with its reason and where the details
+    # are; Ray's tracebacks went to the study log
+    failed_lines = [x for x in r.stdout.splitlines() if " FAILED " in x]
+    assert len(failed_lines) == 1, r.stdout
+    assert "NonFiniteLoss: non-finite loss at epoch 1" in failed_lines[0]
+    assert "failure.json" in failed_lines[0]
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr[-3000:]
+    assert "Traceback" in (storage / "study.log").read_text()
     client, _, children = runs_of(storage, "diverge")
     assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
     (failed,) = [c for c in children if c.info.status == "FAILED"]

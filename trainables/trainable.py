@@ -21,10 +21,10 @@ import torch
 from ray import tune
 
 from trainables.config import TrialConfig, with_overrides
-from trainables.loop import NonFiniteLoss, SinkhornCollapsed, run_training
+from trainables.loop import LossUnhealthy, NonFiniteLoss, run_training
 
 STATE_FILE = "state.pt"
-_DETERMINISTIC = {"NonFiniteLoss": NonFiniteLoss, "SinkhornCollapsed": SinkhornCollapsed}
+_DETERMINISTIC = {"NonFiniteLoss": NonFiniteLoss, "LossUnhealthy": LossUnhealthy}
 
 
 def trial_overrides(config: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def train_trial(config: dict[str, Any], bases: dict[str, dict[str, Any]]) -> Non
 
     try:
         run_training(cfg, report, resume, trial_dir=str(trial_dir) if trial_dir else None)
-    except (NonFiniteLoss, SinkhornCollapsed) as exc:
+    except (NonFiniteLoss, LossUnhealthy) as exc:
         # a deterministic failure: keep the reason next to the trial's outputs
         if trial_dir is not None:
             trial_dir.mkdir(parents=True, exist_ok=True)

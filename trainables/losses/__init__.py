@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainables.losses.base import Criterion, CriterionOutput, DistillLoss, Term
+from trainables.losses.base import Criterion, CriterionOutput, DistillLoss, HealthIssue, Term
 from trainables.losses.dkd import DKDLoss
 from trainables.losses.gkl import GKLLoss
 from trainables.losses.kd import CELoss, KDLoss
@@ -20,4 +20,4 @@ LOSSES: dict[str, type[DistillLoss]] = {
     "kd2m": KD2MLoss,
 }
 
-__all__ = ["LOSSES", "Criterion", "CriterionOutput", "DistillLoss", "Term"]
+__all__ = ["LOSSES", "Criterion", "CriterionOutput", "DistillLoss", "HealthIssue", "Term"]

@@ -414,34 +414,65 @@ def cw2(fs: Tensor, ft: Tensor, labels: Tensor) -> Tensor:
     return torch.stack(terms).mean()
 
 
+LOGIT_COSTS = ("sqeuclidean", "kl")
+
+
+def _pairwise_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """``[n_s, n_t]`` matrix of ``KL(p_t,j ‖ p_s,i)`` between the softmaxes (T = 1).
+
+    ``KL_ij = Σ_k p_t,jk (log p_t,jk − log p_s,ik)``: the teacher's prediction is the
+    target, as in KD. Computed from log-softmaxes (no log 0); gradient into the student.
+    """
+    log_ps = torch.log_softmax(student_logits, dim=1)
+    log_pt = torch.log_softmax(teacher_logits.detach(), dim=1)
+    pt = log_pt.exp()
+    neg_entropy_t = (pt * log_pt).sum(dim=1)  # [n_t]
+    return neg_entropy_t[None, :] - log_ps @ pt.mT
+
+
 def jw2(
-    fs: Tensor, ft: Tensor, student_logits: Tensor, teacher_logits: Tensor, beta: float
+    fs: Tensor,
+    ft: Tensor,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    beta: float,
+    logit_cost: str = "sqeuclidean",
 ) -> Tensor:
     """Joint (feature, logit) empirical W2² (methods.md §8, KD²M "JW2").
 
-    Cost ``C_ij = ‖f_s,i − f_t,j‖² / max(·) + β·‖z_s,i − z_t,j‖²`` where the feature
+    Cost ``C_ij = ‖f_s,i − f_t,j‖² / max(·) + β·ℓ(z_s,i, z_t,j)`` where the feature
     part is divided by its *detached* maximum (scale-free, not a learnable shrink)
-    and ``ℓ`` is the squared Euclidean distance between logits (the §8 default; the
-    pairwise-KL variant is not offered here). Exact plan on the detached cost,
-    loss ``Σ π_ij C_ij``, gradient through ``C`` (both student features and logits).
-    The released code compares the student with itself and has no β; this follows §8.
+    and ``ℓ`` is, by ``logit_cost``, the squared Euclidean distance between logits
+    (``"sqeuclidean"``, the §8 default) or the pairwise KL of their softmaxes
+    (``"kl"``: ``KL(softmax(z_t,j) ‖ softmax(z_s,i))``, teacher as target). Exact plan on
+    the detached cost, loss ``Σ π_ij C_ij``, gradient through ``C`` (both student
+    features and logits). The released code compares the student with itself and has
+    no β; this follows §8.
 
     Args:
         fs, ft: ``[n, d]`` student / teacher features (teacher detached).
         student_logits, teacher_logits: ``[n, K]`` logits (teacher detached).
         beta: logit-cost weight ``β`` (no published value; the Params state theirs).
+        logit_cost: ``"sqeuclidean"`` or ``"kl"``.
     """
     _check_pair(fs, ft)
     _check_pair(student_logits, teacher_logits, name="logits")
     if student_logits.shape[0] != fs.shape[0] or teacher_logits.shape[0] != ft.shape[0]:
         raise ValueError("jw2: features and logits must have the same number of rows")
+    if logit_cost not in LOGIT_COSTS:
+        raise ValueError(f"jw2: logit_cost {logit_cost!r}; allowed: {', '.join(LOGIT_COSTS)}")
     dtype = _result_dtype(fs, ft, student_logits, teacher_logits)
     feat_cost = _squared_distances(fs.to(dtype), ft.detach().to(dtype))
     scale = feat_cost.detach().max()
     # All features identical -> the feature part is 0 anyway; avoid 0/0.
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    logit_cost = _squared_distances(student_logits.to(dtype), teacher_logits.detach().to(dtype))
-    cost = feat_cost / scale + beta * logit_cost
+    zs, zt = student_logits.to(dtype), teacher_logits.detach().to(dtype)
+    if logit_cost == "kl":
+        # KL >= 0 mathematically; clamp the rounding negatives of the difference form
+        logit_part = _pairwise_kl(zs, zt).clamp_min(0.0)
+    else:
+        logit_part = _squared_distances(zs, zt)
+    cost = feat_cost / scale + beta * logit_part
     return (_exact_plan(cost) * cost).sum()
 
 
@@ -503,6 +534,32 @@ def gaussian_w2(fs: Tensor, ft: Tensor, diagonal: bool) -> Tensor:
         fidelity = torch.linalg.matrix_norm(root_t @ xs.mT, ord="nuc") / n_s**0.5
     bures = (trace_s + trace_t - 2.0 * fidelity).clamp_min(0.0)
     return (mean_term + bures).to(out_dtype)
+
+
+def gaussian_cw2(fs: Tensor, ft: Tensor, labels: Tensor, diagonal: bool) -> Tensor:
+    """Class-conditional Gaussian W2²: mean over the classes present (methods.md §8).
+
+    KD²M's "CW2 (G)" row: ``(1/n_c) Σ_y W2²(N(μ_s|y, Σ_s|y), N(μ_t|y, Σ_t|y))`` — the
+    slides' CW2 with each class-conditional distribution replaced by its Gaussian fit
+    (population statistics), :func:`gaussian_w2` per class (``diagonal`` as there; the
+    published Gaussian rows use the diagonal form), averaged over the classes present
+    in the batch (the slides' 1/n_c). A class with one sample has zero spread: its term
+    is the squared distance between the two samples.
+
+    Args:
+        fs: ``[n, d]`` student features; ``ft``: ``[n, d]`` teacher features of the
+            same images (row i of both belongs to sample i).
+        labels: ``[n]`` integer class labels.
+        diagonal: ``True`` for the diagonal form.
+    """
+    _check_pair(fs, ft)
+    if fs.shape[0] != ft.shape[0] or labels.shape != (fs.shape[0],):
+        raise ValueError(
+            "gaussian_cw2 needs paired samples: student "
+            f"{tuple(fs.shape)}, teacher {tuple(ft.shape)}, labels {tuple(labels.shape)}"
+        )
+    terms = [gaussian_w2(fs[labels == c], ft[labels == c], diagonal) for c in torch.unique(labels)]
+    return torch.stack(terms).mean()
 
 
 def gaussian_kl(fs: Tensor, ft: Tensor, diagonal: bool, ridge: float) -> Tensor:

@@ -62,8 +62,26 @@ class DistillLoss(nn.Module):
     def on_epoch_end(self, info: EpochInfo) -> None:
         """Called after the last training batch of every epoch (before the checkpoint)."""
 
+    def epoch_health(self, diag: dict[str, float], epoch: int) -> HealthIssue | None:
+        """Judge this term's epoch from its own diagnostics (``diagnostic_keys``, epoch
+        means over batches, keyed without the ``diag/<term>/`` prefix).
+
+        Returns None when healthy, else a :class:`HealthIssue`: the loop warns (one
+        line on stderr) or, when ``fatal``, ends the trial with ``LossUnhealthy``. A
+        family that can fail silently (a truncated or collapsed solver) says so here.
+        """
+        return None
+
     def describe(self) -> str:
         return f"{self.name}({_params_str(self.params)})"
+
+
+@dataclass(frozen=True)
+class HealthIssue:
+    """What :meth:`DistillLoss.epoch_health` found: one line, and whether to stop."""
+
+    message: str
+    fatal: bool = False
 
 
 def _params_str(params: Any) -> str:

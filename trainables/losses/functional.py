@@ -17,11 +17,19 @@ GKL uses the exact O(B·C) identity of methods §7.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+# the converged solver lives in its own module; ``EntropicOT`` / ``entropic_ot`` are
+# part of this public API
+from trainables.losses.sinkhorn import (
+    _DEFAULT_TOL,
+    EntropicOT,
+    _entropic_objective_no_grad_potentials,
+    entropic_ot,
+)
 
 __all__ = [
     "WKDLogit",
@@ -45,20 +53,6 @@ __all__ = [
 #: Floor added to the cost and to both Sinkhorn denominators in the published WKD-L
 #: solver (methods §3, steps 3-4); kept as-is so the reference solver matches it.
 _PUBLISHED_EPS = 1e-8
-
-#: Converged solver: plain Sinkhorn sweeps continue while their measured rate (over the
-#: last _RATE_WINDOW sweeps) predicts at most _SINKHORN_BUDGET more sweeps to tolerance,
-#: then Newton takes over. Chosen by timing (C = 100 and 1000, λ = 0.05): a Newton
-#: sweep (CG step) costs 1.3× (C = 1000) to 3× (C = 100) a Sinkhorn sweep and Newton
-#: needs ~40-80 sweeps from a rough start at λ = 0.05, so a plain run is worth it when
-#: it ends within ~100 sweeps.
-_RATE_WINDOW = 5
-_SINKHORN_BUDGET = 100
-
-#: Default stopping tolerance of the converged solver: L1 violation of the marginals,
-#: per sample. 1e-6 bounds the error of the transport cost by ~1e-6 · max(C) (costs
-#: are <= 1 after sharpening), far below the loss scale, and is reachable in float64.
-_DEFAULT_TOL = 1e-6
 
 
 # --------------------------------------------------------------------------- helpers
@@ -213,19 +207,22 @@ class WKDLogit(NamedTuple):
     wasserstein:    batch mean of the transport cost over the non-target classes
                     (the debiased Sinkhorn divergence when ``debiased=True``).
     marginal_error: batch mean of ``‖Πᵀ1 − p̃_t‖₁`` (detached): the collapse detector.
+    sweeps:         kernel sweeps the solve used (detached 0-dim, in the output dtype):
+                    ``iters`` for the reference solver; for the converged one the sum
+                    over its solves (three when debiased), each capped by ``max_sweeps``.
+    max_error:      largest per-sample ``‖Πᵀ1 − q‖₁`` over the batch and over the
+                    solves (detached 0-dim).
+    cap_hit:        converged solver: 1.0 if some solve stopped at ``max_sweeps`` with a
+                    sample at or above ``tol`` (the result is then not converged), else
+                    0.0; always 0.0 for the reference solver (fixed count by design).
     """
 
     target: Tensor
     wasserstein: Tensor
     marginal_error: Tensor
-
-
-class EntropicOT(NamedTuple):
-    """Result of :func:`entropic_ot` (per sample, ``[B]`` tensors; iterations an int)."""
-
-    cost: Tensor
-    marginal_error: Tensor
-    iterations: int
+    sweeps: Tensor
+    max_error: Tensor
+    cap_hit: Tensor
 
 
 def sharpen_cost(D: Tensor, cost_sharpen: float) -> Tensor:
@@ -375,331 +372,6 @@ class _ReferenceWKD(torch.autograd.Function):
         return gp, gq, None, None, None, None, None
 
 
-def _pcg(
-    apply: object, rhs: Tensor, inv_diag: Tensor, null_weight: Tensor, rtol: float, max_iters: int
-) -> tuple[Tensor, int]:
-    """Batched preconditioned conjugate gradients on per-sample PSD systems ``A x = rhs``.
-
-    ``apply`` maps ``[B, n] -> [B, n]`` (one symmetric PSD operator per row). The systems
-    used here are singular, with null vector ``1`` (on the support) and ``1ᵀ rhs = 0``.
-    Instead of projecting every residual onto ``1^⊥`` (several elementwise ops per
-    iteration), CG runs on ``A' = A + m mᵀ / (1ᵀm)`` with ``m = null_weight`` (the
-    diagonal of A, zero off the support): ``1ᵀA = 0`` gives ``1ᵀA'x = mᵀx = 1ᵀrhs = 0``,
-    so the solution of ``A'x = rhs`` solves ``A x = rhs`` exactly, and A' is nonsingular
-    on the support (the null direction gets the eigenvalue ``1ᵀm``, which the diagonal
-    preconditioner ``inv_diag = 1/m`` maps to ≈ 1, the top of the spectrum of the
-    preconditioned A), so rounding can no longer grow along it. Stops when every row's
-    preconditioned residual norm ``sqrt(rᵀ D⁻¹ r)`` is below ``rtol`` times its initial
-    value; returns ``(x, iterations)``.
-    Vector updates are in place: at C = 100 the cost of a CG iteration is the number of
-    tensor ops, not their arithmetic.
-    """
-    assert callable(apply)
-    tiny = torch.finfo(rhs.dtype).tiny
-    m_scaled = null_weight / null_weight.sum(1, keepdim=True).clamp_min(tiny)
-    x = torch.zeros_like(rhs)
-    r = rhs.clone()
-    z = inv_diag * r
-    d = z.clone()
-    rz = torch.linalg.vecdot(r, z)
-    # stop on the preconditioned residual norm sqrt(rᵀD⁻¹r): no extra reduction per step
-    stop = (rtol * rtol) * rz
-    k = 0
-    for k in range(1, max_iters + 1):  # noqa: B007 - k is the returned count
-        ad = apply(d).addcmul_(m_scaled, torch.linalg.vecdot(null_weight, d).unsqueeze_(1))
-        # a row whose residual is exactly 0 has d = 0: clamping keeps alpha = 0, not NaN
-        alpha = (rz / torch.linalg.vecdot(d, ad).clamp_min_(tiny)).unsqueeze_(1)
-        x.addcmul_(alpha, d)
-        r.addcmul_(alpha, ad, value=-1.0)
-        torch.mul(inv_diag, r, out=z)
-        rz_new = torch.linalg.vecdot(r, z)
-        if not bool((rz_new > stop).any()):
-            break
-        d.mul_((rz_new / rz.clamp_min(tiny)).unsqueeze_(1)).add_(z)
-        rz = rz_new
-    return x, k
-
-
-def _converged_solve(
-    p: Tensor, q: Tensor, cost: Tensor, reg: float, tol: float, max_iters: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
-    """Entropic OT scalings ``u, v`` (``Π = diag(u) K diag(v)``) to marginal error < tol.
-
-    Returns ``(u, v, K, Kᵀ, err, sweeps)`` with ``err = ‖Πᵀ1 − q‖₁`` per sample of the
-    returned plan (computed by the stopping test anyway). float64 scaling form on the
-    shared kernel ``K = exp(−C/λ)`` (methods §3: representable for C ≤ 1 down to
-    λ ≈ 0.002).
-
-    Plain Sinkhorn alone is not enough: its rate is the spectral gap of the plan, which
-    shrinks as the plan approaches a sparse OT plan; measured at C = 100 (T = 8,
-    CKA-like cost) it needs ~225 sweeps at λ = 0.05, ~21 000 at 0.02 and > 200 000 at
-    0.005. So each stage starts with plain sweeps (cheap: ~9 tensor ops each) and keeps
-    them while their measured rate predicts the end within ``_SINKHORN_BUDGET`` sweeps
-    (at large λ they finish alone), then switches to damped Newton on the semi-dual in
-    ``a = log u`` (Sinkhorn-Newton, Brauer, Clason, Lorenz & Wirth 2017):
-    ``v = q / Kᵀu`` exactly and ``J δ = p − u∘Kv`` with ``J = D_p̂ − Π D_q⁻¹ Πᵀ``, solved
-    by diagonally preconditioned CG (:func:`_pcg`) using only ``[B, C] × [C, C]``
-    products, then Armijo backtracking on the concave semi-dual
-    ``ψ(a) = ⟨a, p⟩ − ⟨q, log Kᵀe^a⟩``. Newton's region of fast convergence shrinks with
-    λ, so λ is annealed (ε-scaling: λ·2^k down to λ, warm-started through the
-    potentials ``f = λ·a``), each intermediate stage solved loosely. Work is counted in
-    ``[B, C] × [C, C]`` products and reported in kernel sweeps = products / 2 (rounded
-    up; a sweep is one product with K and one with Kᵀ, the work of one reference
-    iteration), the unit ``max_iters`` caps. The returned plan ends with a u-update (as
-    the reference solver): the student marginal is exact and the stopping test is on
-    the teacher-marginal L1 error it carries.
-    """
-    supp_p = p > 0
-    # masks as numbers: multiplying by 0/1 costs a third of torch.where at C = 100, and
-    # every quantity masked below is finite (see the bounds in the comments)
-    mp = supp_p.to(p.dtype)
-    n_supp = mp.sum(1, keepdim=True).clamp_min(1.0)
-    tiny = torch.finfo(p.dtype).tiny
-
-    # annealing schedule: start where the kernel is well spread (λ ≥ 0.1·max C)
-    regs = [reg]
-    c_max = float(cost.max())
-    while regs[-1] < 0.1 * c_max and len(regs) < 12:
-        regs.append(regs[-1] * 2.0)
-    regs.reverse()
-
-    def normalise(a: Tensor) -> Tensor:
-        # ψ and the plan are invariant to a → a + const: keep max e^a = 1 on the support,
-        # so (Kᵀu)_j ≥ min K > 0 (entropic_ot refuses kernels that underflow)
-        top = a.masked_fill(~supp_p, -math.inf).amax(1, keepdim=True)
-        return (a - top).mul_(mp)
-
-    def to_u(a: Tensor) -> Tensor:
-        return a.exp().mul_(mp)  # a is finite: exp(0)·0 = 0 off the support
-
-    def log_p_over(kv: Tensor) -> Tensor:
-        # log(p / Kv) on the support, 0 elsewhere (p = 0 there: log of a clamped 0·… )
-        return torch.log(torch.div(p, kv).clamp_min_(tiny)).mul_(mp)
-
-    a = torch.zeros_like(p)
-    used = 0  # kernel products
-    cap_products = 2 * max_iters
-    symmetric = bool(torch.equal(cost, cost.T))
-    K = KT = cost
-    for stage, lam in enumerate(regs):
-        last = stage == len(regs) - 1
-        if stage > 0:
-            a = a * (regs[stage - 1] / lam)  # same potential f = λ·a at the new λ
-        K = torch.div(cost, -lam).exp_()
-        KT = K if symmetric else K.T.contiguous()  # see _kernel_transpose
-        stage_tol = tol if last else max(tol, 1e-3)
-
-        def semi_dual(a: Tensor, K: Tensor = K) -> Tensor:
-            # ψ(a) = ⟨a, p⟩ − ⟨q, log Kᵀe^a⟩; q = 0 where the clamp could act
-            log_ktu = torch.mm(to_u(a), K).clamp_min_(tiny).log_()
-            return torch.linalg.vecdot(a, p) - torch.linalg.vecdot(q, log_ktu)
-
-        a = normalise(a)
-        # Plain Sinkhorn sweeps first: ~9 tensor ops per sweep against ~25 for a CG step
-        # of Newton, robust far from the solution, and at large λ they finish alone.
-        # Continue while the measured rate predicts at most _SINKHORN_BUDGET more sweeps.
-        ktu = to_u(a) @ K  # > 0 after normalise; v = 0 where q = 0
-        history: list[float] = []
-        done = False
-        while True:
-            v = q / ktu
-            u_closed = p / (v @ KT)
-            ktu = u_closed @ K
-            used += 2
-            err = torch.addcmul(-q, v, ktu).abs_().sum(1)
-            history.append(float(err.max()))
-            if history[-1] < stage_tol:
-                done = True
-                break
-            if used >= cap_products:
-                break
-            # judged from 2 windows on: after a change of λ the error can rise at first
-            if len(history) > 2 * _RATE_WINDOW:
-                rate = (history[-1] / history[-1 - _RATE_WINDOW]) ** (1.0 / _RATE_WINDOW)
-                # predicted sweeps left = log(tol/err) / log(rate) > budget: hand over
-                if not rate < 1.0 or math.log(stage_tol / history[-1]) < (
-                    _SINKHORN_BUDGET * math.log(rate)
-                ):
-                    break
-        if done or used >= cap_products:
-            if last:
-                return u_closed, v, K, KT, err, (used + 1) // 2
-            a = normalise(torch.log(u_closed.clamp_min(tiny)).mul_(mp))
-            continue
-        a = normalise(torch.log(u_closed.clamp_min(tiny)).mul_(mp))
-        while True:
-            u = to_u(a)
-            ktu = u @ K
-            v = q / ktu
-            kv = v @ KT  # > 0 where p > 0 (v > 0 where q > 0, K > 0)
-            p_hat = u * kv
-            # stop on the quantity reported: the teacher-marginal error of the plan after
-            # the closing u-update (u' = p / Kv), one extra product per Newton step
-            u_closed = p / kv
-            err = torch.addcmul(-q, v, u_closed @ K).abs_().sum(1)
-            used += 3
-            todo = err >= stage_tol
-            if not bool(todo.any()) or used >= cap_products:
-                break
-            grad = p - p_hat  # both 0 off the support of p
-            err = torch.maximum(err, grad.abs().sum(1))
-            w = v / ktu  # D_q⁻¹ after Πᵀ: v²/q = q/(Kᵀu)², 0 where q = 0
-            neg_u = -u
-
-            def jac(
-                x: Tensor,
-                u: Tensor = u,
-                nu: Tensor = neg_u,
-                w: Tensor = w,
-                ph: Tensor = p_hat,
-                K: Tensor = K,
-                KT: Tensor = KT,
-            ) -> Tensor:
-                t = torch.mm(u * x, K).mul_(w)
-                return torch.mm(t, KT).mul_(nu).addcmul_(ph, x)
-
-            inv_diag = torch.where(p_hat > 0, 1.0 / torch.where(p_hat > 0, p_hat, 1.0), 0.0)
-            forcing = min(0.1, math.sqrt(float(err.max())))
-            cap = max(1, min(4 * p.shape[1], (cap_products - used) // 2))
-            delta, k = _pcg(jac, grad, inv_diag, p_hat, forcing, cap)
-            used += 2 * k
-            # centred on the support, then a trust region in log-scaling units: a step
-            # never changes e^a by more than e^30
-            delta.sub_(torch.linalg.vecdot(delta, mp).unsqueeze_(1) / n_supp).mul_(mp)
-            big = delta.abs().amax(1, keepdim=True).clamp_min_(tiny)
-            delta.mul_(torch.clamp(30.0 / big, max=1.0))
-            slope = torch.linalg.vecdot(grad, delta)
-            psi0 = semi_dual(a)
-            step = (todo & (slope > 0)).to(p.dtype)
-            for _ in range(40):
-                trial = torch.addcmul(a, step.unsqueeze(1), delta)
-                ok = semi_dual(trial) >= torch.addcmul(psi0, step, slope, value=1e-4)
-                used += 1
-                if bool(ok.all()):
-                    break
-                step = torch.where(ok, step, 0.5 * step)
-            step = step * ok
-            a_new = normalise(torch.addcmul(a, step.unsqueeze(1), delta))
-            # where Newton made no progress (failed search), fall back to a Sinkhorn sweep
-            stuck = todo & (step == 0)
-            if bool(stuck.any()):
-                a_sk = normalise(log_p_over((q / (to_u(a) @ K)) @ KT))
-                a_new = torch.where(stuck[:, None], a_sk, a_new)
-                used += 2
-            a = a_new
-    return u_closed, v, K, KT, err, (used + 1) // 2
-
-
-class _ConvergedTransportCost(torch.autograd.Function):
-    """⟨Π_λ, C⟩ of the converged entropic plan with its implicit-function gradient.
-
-    Backward: the plan is defined by ``u∘Kv = p``, ``v∘Kᵀu = q``; linearising in
-    ``(log u, log v)`` gives the symmetric system ``[[D_p, Π], [Πᵀ, D_q]]``, and the
-    gradient of ``⟨Π, C⟩`` w.r.t. ``(p, q)`` is its solution with right-hand side the
-    row and column sums of ``Π∘C``. Eliminating the rows leaves
-    ``(D_q − Πᵀ D_p⁻¹ Π) y = c − Πᵀ D_p⁻¹ r`` (solved by preconditioned CG with
-    ``[B, C] × [C, C]`` products) and ``x = D_p⁻¹ (r − Π y)``. Exact at the fixed
-    point, independent of the number of forward iterations (no unrolled graph is
-    stored). The null direction (x + t, y − t) is a constant shift, which the softmax
-    that produced p and q ignores.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        p: Tensor,
-        q: Tensor,
-        cost_matrix: Tensor,
-        reg: float,
-        tol: float,
-        max_iters: int,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        u, v, K, KT, err, used = _converged_solve(p, q, cost_matrix, reg, tol, max_iters)
-        KC = K * cost_matrix
-        kcv = v @ KC.T  # ((K∘C) v)_i
-        cost = (u * kcv).sum(1)
-        ctx.save_for_backward(u, v, p, q, K, KT, KC, kcv)
-        ctx.max_iters = max_iters
-        iters = torch.tensor(used)
-        ctx.mark_non_differentiable(err, iters)
-        return cost, err, iters
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, g_cost: Tensor, _g_err: Tensor, _g_it: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        u, v, p, q, K, KT, KC, kcv = ctx.saved_tensors
-        supp_p = p > 0
-        supp_q = q > 0
-        zero = torch.zeros((), dtype=u.dtype, device=u.device)
-        kv = v @ KT  # (K v)_i > 0 wherever some v_j > 0
-        kv_safe = torch.where(kv > 0, kv, 1.0)
-        ktu = u @ K
-        q_hat = v * ktu  # actual column marginal: keeps the system exactly consistent
-        # r = u ∘ kcv: row sums of Π∘C
-        c = v * (u @ KC)  # column sums of Π∘C
-        # D_p⁻¹ Π z = K(v∘z) / (K v) once u = p/(Kv) (last update of the solve)
-        rhs = torch.where(supp_q, c - v * ((u * kcv / kv_safe) @ K), zero)
-
-        u_kv = u / kv_safe  # D_p⁻¹ Π = diag(u/Kv) K diag(v)
-
-        def schur(y: Tensor) -> Tensor:
-            t = torch.mm(v * y, KT).mul_(u_kv)
-            return torch.addcmul(torch.mm(t, K).mul_(v).neg_(), q_hat, y)
-
-        q_hat = torch.where(supp_q, q_hat, zero)
-        inv_diag = torch.where(supp_q & (q_hat > 0), 1.0 / torch.where(q_hat > 0, q_hat, 1.0), zero)
-        y, _ = _pcg(schur, rhs, inv_diag, q_hat, 1e-10, max(10, 4 * p.shape[1]))
-        x = torch.where(supp_p, (kcv - (v * y) @ KT) / kv_safe, zero)
-        g = g_cost[:, None]
-        return g * x, g * y, None, None, None, None, None
-
-
-def entropic_ot(
-    p: Tensor, q: Tensor, cost: Tensor, reg: float, iters: int, tol: float = _DEFAULT_TOL
-) -> EntropicOT:
-    """Converged entropic OT between batched histograms on a shared cost (methods §3).
-
-    Returns the per-sample transport cost ``⟨Π_λ, C⟩`` of the entropic plan (what
-    POT's ``sinkhorn2`` returns, not the entropic objective), the teacher-marginal
-    error ``‖Πᵀ1 − q‖₁`` and the number of kernel sweeps used (``iters`` caps it).
-    ``p, q``: ``[B, C]`` on the simplex (zero entries allowed); ``cost``: ``[C, C]``
-    used as given (no floor). Computed in float64; differentiable in ``p`` and ``q``
-    through the implicit function theorem (see ``_ConvergedTransportCost``).
-    """
-    if not reg > 0:
-        raise ValueError(f"reg must be > 0, got {reg}")
-    out_dtype = _float_dtype(p, q)
-    p64, q64 = p.to(torch.float64), q.to(torch.float64)
-    c64 = cost.detach().to(device=p.device, dtype=torch.float64)
-    if bool((torch.exp(-c64.max() / reg) == 0).any()):
-        raise ValueError(
-            f"exp(-cost/reg) underflows in float64 at reg={reg} (max cost "
-            f"{float(c64.max()):.3g}): the converged solver supports max(cost)/reg < ~700"
-        )
-    c_out, err, it = _ConvergedTransportCost.apply(p64, q64, c64, reg, tol, iters)
-    return EntropicOT(c_out.to(out_dtype), err.to(out_dtype), int(it))
-
-
-def _entropic_objective_no_grad_potentials(
-    p: Tensor, q: Tensor, cost: Tensor, reg: float, tol: float, max_iters: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Potentials ``(f, g)`` of OT_λ(p, q) with the KL(Π‖p⊗q) regulariser, and the
-    teacher-marginal error. ``Π_ij = p_i q_j exp((f_i + g_j − C_ij)/λ)``, so
-    ``f = λ log(u/p)``, ``g = λ log(v/q)`` on the supports (0 elsewhere)."""
-    with torch.no_grad():
-        u, v, _, _, err, _ = _converged_solve(p, q, cost, reg, tol, max_iters)
-        zero = torch.zeros((), dtype=p.dtype, device=p.device)
-        sp, sq = p > 0, q > 0
-        f = torch.where(
-            sp, reg * torch.log(torch.where(sp, u / torch.where(sp, p, 1.0), 1.0)), zero
-        )
-        g = torch.where(
-            sq, reg * torch.log(torch.where(sq, v / torch.where(sq, q, 1.0), 1.0)), zero
-        )
-        return f, g, err
-
-
 def wkd_logit(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -711,6 +383,7 @@ def wkd_logit(
     solver: str,
     *,
     tol: float | None = None,
+    max_sweeps: int | None = None,
     debiased: bool = False,
 ) -> WKDLogit:
     """WKD-L parts: target term and discrete Wasserstein over non-target classes (methods §3).
@@ -724,7 +397,7 @@ def wkd_logit(
         temperature: T of the non-target distributions (published 8 for RN32x4→RN8x4).
         reg: entropic regulariser λ, ``sinkhorn_reg`` (published 0.05).
         iters: ``sinkhorn_iters``: the fixed iteration count of the reference solver
-            (published 10) or the cap, in kernel sweeps, of the converged one.
+            (published 10). Not used by the converged solver (see ``max_sweeps``).
         solver: ``"reference"`` — the published plain-domain solver, unrolled for
             autograd, in float32 even under autocast (float64 if an input is float64);
             it collapses silently below λ ≈ 0.03 (methods §3), which ``marginal_error``
@@ -734,6 +407,10 @@ def wkd_logit(
             0.005 and below while ``max(cost)/λ < ~700``.
         tol: converged solver only (ignored by the reference solver): per-sample
             teacher-marginal L1 error to stop at; ``None`` means 1e-6 (``_DEFAULT_TOL``).
+        max_sweeps: converged solver only, required there: the cap in kernel sweeps
+            (two ``[B, C] × [C, C]`` products, the work of one reference iteration) of
+            each solve; a solve that reaches it unconverged says so in ``cap_hit``.
+            The default and the minimum per λ live in ``WKDLParams`` / ``wkd.min_sweeps``.
         debiased: converged solver only: the debiased Sinkhorn divergence
             ``OT_λ(p,q) − ½OT_λ(p,p) − ½OT_λ(q,q)`` where OT_λ is the entropic objective
             (Feydy et al. 2019: ≥ 0 and zero iff p = q when exp(−C/λ) is a positive
@@ -746,8 +423,8 @@ def wkd_logit(
 
     Returns:
         :class:`WKDLogit` with ``target`` (T = 1, never decayed), ``wasserstein``
-        (unweighted batch mean, no T²) and ``marginal_error`` (detached batch mean of
-        ``‖Πᵀ1 − p̃_t‖₁``).
+        (unweighted batch mean, no T²), ``marginal_error`` (detached batch mean of
+        ``‖Πᵀ1 − p̃_t‖₁``) and the solver's ``sweeps``, ``max_error`` and ``cap_hit``.
     """
     _check_logits(student_logits, teacher_logits)
     _check_temperature(temperature)
@@ -764,6 +441,8 @@ def wkd_logit(
         raise ValueError(f"solver must be 'reference' or 'converged', got {solver!r}")
     if solver == "reference" and debiased:
         raise ValueError("debiased needs solver='converged'")
+    if solver == "converged" and (max_sweeps is None or max_sweeps < 1):
+        raise ValueError(f"solver='converged' needs max_sweeps >= 1, got {max_sweeps}")
     out_dtype = _float_dtype(student_logits, teacher_logits)
     teacher_logits = teacher_logits.detach()
     mask = _target_mask(target, C)
@@ -784,7 +463,9 @@ def wkd_logit(
             pt = _nontarget_softmax(zt / temperature, mask)
             KT = _kernel_transpose(K, cf)
             wd, err = _ReferenceWKD.apply(ps, pt, target.long(), K, KT, K * cf, iters)
-            return WKDLogit(target_term, wd.mean(), err.mean())
+            sweeps = torch.tensor(float(iters), dtype=out_dtype, device=zs.device)
+            zero = torch.zeros((), dtype=out_dtype, device=zs.device)
+            return WKDLogit(target_term, wd.mean(), err.mean(), sweeps, err.max(), zero)
 
         tol_ = _DEFAULT_TOL if tol is None else float(tol)
         if not tol_ > 0:
@@ -792,21 +473,64 @@ def wkd_logit(
         ps = _nontarget_softmax(zs.to(torch.float64) / temperature, mask)
         pt = _nontarget_softmax(zt.to(torch.float64) / temperature, mask)
         cf = _floored_cost(cost.to(zs.device), torch.float64)
+        assert max_sweeps is not None
         if not debiased:
-            res = entropic_ot(ps, pt, cf, reg, iters, tol_)
-            return WKDLogit(
-                target_term, res.cost.mean().to(out_dtype), res.marginal_error.mean().to(out_dtype)
+            res = entropic_ot(ps, pt, cf, reg, max_sweeps, tol_)
+            return _converged_parts(
+                target_term,
+                res.cost.mean(),
+                res.marginal_error,
+                [res.marginal_error],
+                res.iterations,
+                tol_,
+                out_dtype,
             )
-        f_st, g_st, err = _entropic_objective_no_grad_potentials(ps, pt, cf, reg, tol_, iters)
-        f_ss, g_ss, _ = _entropic_objective_no_grad_potentials(ps, ps, cf, reg, tol_, iters)
-        f_tt, g_tt, _ = _entropic_objective_no_grad_potentials(pt, pt, cf, reg, tol_, iters)
+        solve = _entropic_objective_no_grad_potentials
+        f_st, g_st, err, n_st = solve(ps, pt, cf, reg, tol_, max_sweeps)
+        f_ss, g_ss, err_ss, n_ss = solve(ps, ps, cf, reg, tol_, max_sweeps)
+        f_tt, g_tt, err_tt, n_tt = solve(pt, pt, cf, reg, tol_, max_sweeps)
         # value = dual objective ⟨f,p⟩ + ⟨g,q⟩; detached potentials give the envelope
         # gradient (∂OT_λ/∂p = f, ∂OT_λ/∂q = g): both marginals of OT(p̃_s, p̃_s) are p̃_s
         ot_st = (f_st * ps).sum(1) + (g_st * pt).sum(1)
         ot_ss = (f_ss * ps).sum(1) + (g_ss * ps).sum(1)
         ot_tt = (f_tt * pt).sum(1) + (g_tt * pt).sum(1)
         div = ot_st - 0.5 * ot_ss - 0.5 * ot_tt
-        return WKDLogit(target_term, div.mean().to(out_dtype), err.mean().to(out_dtype))
+        return _converged_parts(
+            target_term,
+            div.mean(),
+            err,
+            [err, err_ss, err_tt],
+            n_st + n_ss + n_tt,
+            tol_,
+            out_dtype,
+        )
+
+
+def _converged_parts(
+    target_term: Tensor,
+    wasserstein: Tensor,
+    err: Tensor,
+    all_errs: list[Tensor],
+    sweeps: int,
+    tol: float,
+    out_dtype: torch.dtype,
+) -> WKDLogit:
+    """WKDLogit of the converged solver; ``all_errs``: float64 per-sample errors of
+    every solve (cap_hit compares them with tol before any cast to float32)."""
+    with torch.no_grad():
+        max_err = torch.stack([e.max() for e in all_errs]).max()
+        cap_hit = (~(max_err < tol)).to(out_dtype)  # NaN counts as not converged
+        mean_err = err.mean().to(out_dtype)
+        sweeps_t = torch.tensor(float(sweeps), dtype=out_dtype, device=err.device)
+    # the loss itself outside no_grad: its cast to float32 must stay differentiable
+    return WKDLogit(
+        target_term,
+        wasserstein.to(out_dtype),
+        mean_err,
+        sweeps_t,
+        max_err.to(out_dtype),
+        cap_hit,
+    )
 
 
 # --------------------------------------------------------------------------- GKL / IKL

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from trainables.losses import functional as F
+from trainables.losses._feature_math import LOGIT_COSTS, gaussian_cw2
 from trainables.losses.base import DistillLoss
 from trainables.types import ModelOutputs
 
-DISTANCES = ("w2", "cw2", "jw2", "gaussian_w2", "gaussian_kl")
+#: the rows of KD²M's published table (methods.md §8): empirical W2, CW2, JW2 and the
+#: Gaussian W2, CW2 and KL
+DISTANCES = ("w2", "cw2", "jw2", "gaussian_w2", "gaussian_cw2", "gaussian_kl")
 
 
 @dataclass(frozen=True)
@@ -19,10 +23,19 @@ class KD2MParams:
     diagonal: bool = True  # the Gaussian rows use the diagonal form (methods.md §8)
     ridge: float = 1e-4  # ε·I for the full-covariance KL when n < d (our choice, stated)
     beta: float = 1.0  # JW2 logit-cost weight (not published; 1 = equal footing)
+    logit_cost: str = "sqeuclidean"  # JW2 ℓ: squared logit distance (§8 default) | "kl"
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
             raise ValueError(f"kd2m.distance {self.distance!r}; allowed: {DISTANCES}")
+        if self.logit_cost not in LOGIT_COSTS:
+            raise ValueError(f"kd2m.logit_cost {self.logit_cost!r}; allowed: {LOGIT_COSTS}")
+        for name in ("ridge", "beta"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"kd2m.{name} must be a finite number, got {v!r}")
+            if v < 0:
+                raise ValueError(f"kd2m.{name} must be >= 0, got {v}")
 
 
 class KD2MLoss(DistillLoss):
@@ -53,9 +66,11 @@ class KD2MLoss(DistillLoss):
         elif p.distance == "cw2":
             d = F.cw2(fs, ft, target)
         elif p.distance == "jw2":
-            d = F.jw2(fs, ft, student.logits, teacher.logits.detach(), p.beta)
+            d = F.jw2(fs, ft, student.logits, teacher.logits.detach(), p.beta, p.logit_cost)
         elif p.distance == "gaussian_w2":
             d = F.gaussian_w2(fs, ft, p.diagonal)
+        elif p.distance == "gaussian_cw2":
+            d = gaussian_cw2(fs, ft, target, p.diagonal)
         else:
             d = F.gaussian_kl(fs, ft, p.diagonal, p.ridge)
         return {"distance": d}
