@@ -19,7 +19,6 @@ Only ``ray.tune`` is imported (spec/platform.md: Ray's APIs outside ``ray.tune``
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from ray.tune import Callback
 
 from study.integrity import sign_staged_state
+from study.mlflow_sanitize import is_metric_value
 from study.tracking import STEP_KEY, StudyTracker
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,7 @@ def result_metrics(result: dict[str, Any]) -> dict[str, float]:
         for key, value in result.items()
         if key not in RAY_BOOKKEEPING_KEYS
         and not key.startswith("config/")
-        and isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
+        and is_metric_value(value)
     }
 
 

@@ -27,7 +27,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study.spec import SpecError, StudySpec, load_spec
-from trainables.config import ConfigError, TrialConfig, flatten, with_overrides
+from trainables.config import ConfigError, TrialConfig, flatten, resolve_trial
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 REPO = Path(__file__).resolve().parents[1]
@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         from study.integrity import IntegrityError, load_key, verify
 
         try:
-            key = load_key(create=False)
+            state_key = load_key(create=False)
             for exp_dir in sorted((storage / "ray").glob("*")):
-                verify(exp_dir, key)
+                verify(exp_dir, state_key)
         except IntegrityError as exc:
             return bad_input(f"--resume: {exc}")
     try:
@@ -181,17 +181,14 @@ def needs_cost(spec: StudySpec) -> bool:
     from trainables.losses import LOSSES
 
     def uses(losses: dict[str, Any]) -> bool:
-        return any(
-            getattr(LOSSES[(v or {}).get("loss", k)], "needs_cost", False)
-            for k, v in losses.items()
-        )
+        return any(LOSSES[(v or {}).get("loss", k)].needs_cost for k, v in losses.items())
 
     if uses(spec.trial["losses"]) or any(uses(b.overrides["losses"]) for b in spec.baselines):
         return True
     return any(
         p.type == "categorical"
         and p.name.endswith(".loss")
-        and any(getattr(LOSSES.get(str(v)), "needs_cost", False) for v in p.values)
+        and any(str(v) in LOSSES and LOSSES[str(v)].needs_cost for v in p.values)
         for p in spec.search
     )
 
@@ -208,28 +205,28 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     from study.teacher import TeacherCheckpointError, TeacherNotFoundError, ensure_teacher_and_cost
 
     trial = spec.trial
-    data = trial.get("data") or {}
-    dataset = data.get("dataset", "digits")
+    typed = spec.trial_config  # the defaults live in trainables/config.py, once
+    data, dataset = typed.data, typed.data.dataset
     cost_cfg = trial.get("cost") or {}
     # nothing is written outside the study directory unless the user names the registry
     teachers_dir = Path(args.teachers_dir or storage / "teachers").resolve()
-    say(f"[1/4] teacher {trial['teacher']['arch']} on {dataset} (registry {teachers_dir})")
+    say(f"[1/4] teacher {typed.teacher.arch} on {dataset} (registry {teachers_dir})")
     t0 = time.time()
     try:
         tc = ensure_teacher_and_cost(
             dataset,
-            trial["teacher"]["arch"],
+            typed.teacher.arch,
             teachers_dir=teachers_dir,
-            root=data.get("root"),
-            val_fraction=data.get("val_fraction", 0.1),
-            split_seed=data.get("split_seed", 0),
-            max_per_class_data=data.get("max_per_class"),
-            download=data.get("download", False),
-            teacher_path=trial["teacher"].get("checkpoint"),
+            root=data.root,
+            val_fraction=data.val_fraction,
+            split_seed=data.split_seed,
+            max_per_class_data=data.max_per_class,
+            download=data.download,
+            teacher_path=typed.teacher.checkpoint,
             allow_train=True if args.train_teacher else None,
-            cost_kind=cost_cfg.get("kind", "cka") if needs_cost(spec) else None,
-            cost_seed=cost_cfg.get("seed", 0),
-            cost_max_per_class=cost_cfg.get("max_per_class"),
+            cost_kind=typed.cost.kind if needs_cost(spec) else None,  # type: ignore[arg-type]
+            cost_seed=typed.cost.seed,
+            cost_max_per_class=typed.cost.max_per_class,
         )
     except TeacherNotFoundError:
         arch = trial["teacher"]["arch"]
@@ -336,16 +333,18 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
 
     def describe(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
         from study.report import config_group
-        from trainables.trainable import trial_overrides
 
-        base_name = config.get("base", "search")
-        over = trial_overrides(config)
-        full = with_overrides(bases[base_name], over)
+        resolved = resolve_trial(bases, config)
+        base_name, over, full, cfg = (
+            resolved.base,
+            resolved.overrides,
+            resolved.full,
+            resolved.config,
+        )
         role = full.get("role", "trial")
         family = str(full.get("family", spec.name))
         name = base_name.replace(":", "-seed") if role == "baseline" else family
         params = {k: v for k, v in flatten(full).items() if not k.startswith("output.")}
-        cfg = TrialConfig.from_dict(full)
         params["config_hash"] = cfg.config_hash()
         params.update(
             {k: v for k, v in provenance.items() if k.startswith(("version/", "teacher/"))}
@@ -611,8 +610,7 @@ def run_tuners(
                 tuner = tune.Tuner.restore(
                     str(exp_path), trainable, resume_unfinished=True, resume_errored=True
                 )
-                # callbacks are not restored with the tuner: attach ours again
-                tuner._local_tuner._run_config.callbacks = callbacks
+                reattach_callbacks(tuner, callbacks)
             else:
                 tuner = tune.Tuner(
                     trainable,
@@ -639,20 +637,24 @@ def run_tuners(
     return summaries
 
 
+def reattach_callbacks(tuner: Any, callbacks: list[Any]) -> None:
+    """Callbacks are not restored with a tuner and ``Tuner.restore`` takes no run config:
+    set ours on the restored one. Ray's private state, reached here only;
+    ``tests/test_private_apis.py`` fails if a Ray upgrade moves it."""
+    tuner._local_tuner._run_config.callbacks = callbacks
+
+
 def summarize(
     grid: Any, phase: str, spec: StudySpec, bases: dict[str, dict[str, Any]]
 ) -> list[Any]:
     from study.report import TrialSummary
-    from trainables.trainable import trial_overrides
 
     metric = spec.objective.reported_metric
     out = []
     for r in grid:
         m = r.metrics or {}
-        cfg = r.config or {}
-        base = cfg.get("base", "search")
-        overrides = trial_overrides({k: v for k, v in cfg.items() if k != "base"})
-        full = with_overrides(bases[base], overrides)
+        resolved = resolve_trial(bases, r.config or {})
+        base, overrides, full = resolved.base, resolved.overrides, resolved.full
         out.append(
             TrialSummary(
                 trial_id=str(m.get("trial_id") or r.path.rstrip("/").split("/")[-1]),

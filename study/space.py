@@ -26,7 +26,8 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.optuna.optuna_search import OptunaTrialState
 
-from study.spec import Param, StudySpec, active_params, condition_holds
+from study.spec import Param, StudySpec
+from study.spec_checks import active_params, condition_holds
 
 
 class DefineByRun:
@@ -111,6 +112,10 @@ class FidelityAwareOptunaSearch(OptunaSearch):
     early, FAIL if any failed.
     """
 
+    # Ray's OptunaSearch state this class extends (private; tests/test_private_apis.py)
+    _ot_study: Any
+    _ot_trials: dict[str, Any]
+
     def __init__(
         self,
         full_budget: int,
@@ -131,7 +136,7 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         self._group_of: dict[str, str] = {}  # member Ray trial id -> primary
         self.repeats_skipped = 0
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self._seeds is None:
             return self._suggest_config(trial_id)
         group = next((g for g in self._groups.values() if g.open), None)
@@ -426,10 +431,10 @@ def pbt_mutations(spec: StudySpec) -> dict[str, Any]:
             out[p.name] = list(p.values)
         elif p.type == "int":
             out[p.name] = tune.randint(int(p.low), int(p.high) + 1)  # type: ignore[arg-type]
-        elif p.log:
-            out[p.name] = tune.loguniform(p.low, p.high)
         else:
-            out[p.name] = tune.uniform(p.low, p.high)
+            assert p.low is not None and p.high is not None  # validated in study/spec.py
+            sample = tune.loguniform if p.log else tune.uniform
+            out[p.name] = sample(p.low, p.high)
     return out
 
 

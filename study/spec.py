@@ -38,7 +38,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -51,7 +51,6 @@ from trainables.config import (
     published_recipe,
     with_overrides,
 )
-from trainables.schedules import Schedule
 
 TOP_KEYS = (
     "name",
@@ -205,8 +204,14 @@ class StudySpec:
     raw: dict[str, Any]
 
     @property
+    def trial_config(self) -> TrialConfig:
+        """The trial section, typed (validated when the spec was loaded): every default
+        lives in ``trainables.config``, none is repeated here or in the driver."""
+        return TrialConfig.from_dict(self.trial, "trial")
+
+    @property
     def epochs(self) -> int:
-        return int(self.trial.get("epochs", 240))
+        return self.trial_config.epochs
 
     @property
     def search_seeds(self) -> list[int]:
@@ -361,10 +366,9 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
     if not isinstance(trial, dict):
         err("trial", "missing or not a mapping", "the fixed trial config is required")
     try:
-        TrialConfig.from_dict(trial, "trial")
+        epochs = TrialConfig.from_dict(trial, "trial").epochs
     except ConfigError as exc:
         raise SpecError(f"{fname}: {exc}") from None
-    epochs = int(trial.get("epochs", 240))
 
     search = _parse_search(raw.get("search") or {}, trial, err)
     names = {p.name for p in search}
@@ -484,6 +488,8 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
                 err(f"search.{p.name}.grid", "missing", "grid search needs a grid: [values] list")
     if not names and searcher.kind != "grid" and samples > 1 and not points:
         err("search", "no searched parameters", "add entries under search:, or set samples: 1")
+    from study.spec_checks import check_fidelity  # it imports this module
+
     check_fidelity(spec, epochs, err)
     return spec
 
@@ -492,7 +498,7 @@ class _Err:
     def __init__(self, fname: str) -> None:
         self.fname = fname
 
-    def __call__(self, key: str, what: str, allowed: str = "") -> None:
+    def __call__(self, key: str, what: str, allowed: str = "") -> NoReturn:
         tail = f" ({allowed})" if allowed else ""
         raise SpecError(f"{self.fname}: {key}: {what}{tail}")
 
@@ -507,11 +513,12 @@ def _dc(cls: type, raw: Any, key: str, err: _Err) -> Any:
     raw = raw or {}
     if not isinstance(raw, dict):
         err(key, f"{raw!r}", "a mapping")
-    allowed = list(cls.__dataclass_fields__)
+    fields_: dict[str, Any] = getattr(cls, "__dataclass_fields__", {})
+    allowed = list(fields_)
     for k, v in raw.items():
         if k not in allowed:
             err(f"{key}.{k}", "unknown key", f"allowed: {', '.join(allowed)}")
-        default = cls.__dataclass_fields__[k].default
+        default = fields_[k].default
         if isinstance(default, bool) != isinstance(v, bool):
             err(f"{key}.{k}", f"{v!r}", f"expected {type(default).__name__}")
         if isinstance(default, int | float) and not isinstance(v, int | float):
@@ -557,7 +564,8 @@ def _parse_search(raw: Any, trial: dict[str, Any], err: _Err) -> list[Param]:
                     err(f"{key}.values", f"{v!r}", "values must be null, bool, number or string")
             p = Param(name, tp, values=tuple(values), grid=tuple(spec.get("grid") or ()), when=when)
         else:
-            low, high = spec.get("low"), spec.get("high")
+            low: Any = spec.get("low")
+            high: Any = spec.get("high")
             for k, v in (("low", low), ("high", high)):
                 if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                     err(f"{key}.{k}", f"{v!r}", "a finite number")
@@ -653,122 +661,3 @@ def _parse_baselines(
 
 
 # -- multi-fidelity checks ----------------------------------------------------------------
-def schedule_profile(cfg: TrialConfig) -> list[tuple[float, ...]]:
-    """Each term's schedule value at every epoch 1..E (what a scheduler could tell apart)."""
-    scheds: dict[str, Schedule] = cfg.schedules()
-    return [
-        tuple(scheds[n].at(e / cfg.epochs) for n in sorted(scheds))
-        for e in range(1, cfg.epochs + 1)
-    ]
-
-
-def warmup_end(cfg: TrialConfig) -> int:
-    """The last epoch of any loss or LR warm-up (ramp_up schedules outside the hand-off)."""
-    handoff_terms = {cfg.handoff.kl_term, cfg.handoff.w_term} if cfg.handoff else set()
-    ends = [math.ceil(cfg.optim.warmup * cfg.epochs)]
-    for name, t in cfg.losses.items():
-        if name not in handoff_terms and t.schedule.kind == "ramp_up":
-            ends.append(math.ceil(t.schedule.end * cfg.epochs))
-    return max(ends)
-
-
-def corner_samples(spec: StudySpec, limit: int = 64) -> list[dict[str, Any]]:
-    """Deterministic extreme configurations of the space (+ the points), respecting ``when``."""
-    import itertools
-
-    choices = []
-    for p in spec.search:
-        if p.type == "categorical":
-            choices.append(list(p.values))
-        else:
-            lo, hi = p.low, p.high
-            assert lo is not None and hi is not None
-            mid = math.sqrt(lo * hi) if p.log else (lo + hi) / 2
-            vals = [lo, mid, hi]
-            choices.append([int(round(v)) for v in vals] if p.type == "int" else vals)
-    out: list[dict[str, Any]] = [dict(pt) for pt in spec.points]
-    for combo in itertools.islice(itertools.product(*choices), 4096):
-        flat = active_params(spec, dict(zip([p.name for p in spec.search], combo, strict=True)))
-        if flat not in out:
-            out.append(flat)
-        if len(out) >= limit + len(spec.points):
-            break
-    return out
-
-
-def active_params(spec: StudySpec, flat: dict[str, Any]) -> dict[str, Any]:
-    """Drop the parameters whose ``when`` condition does not hold (in order)."""
-    out: dict[str, Any] = {}
-    for p in spec.search:
-        if p.name in flat and condition_holds(p, out, spec.trial):
-            out[p.name] = flat[p.name]
-    return out
-
-
-def condition_holds(p: Param, chosen: dict[str, Any], trial: dict[str, Any]) -> bool:
-    for dep, allowed in p.when.items():
-        value = chosen[dep] if dep in chosen else get_path(trial, dep, _MISSING)
-        if value not in allowed:
-            return False
-    return True
-
-
-def check_fidelity(spec: StudySpec, epochs: int, err: _Err) -> None:
-    """Refuse schedulers that would judge trials before they can differ (issue #4)."""
-    sch = spec.scheduler
-    if sch.kind in ("fifo", "pbt") or not spec.search:
-        check_reference_sinkhorn(
-            [TrialConfig.from_dict(with_overrides(spec.trial, f)) for f in corner_samples(spec)],
-            err,
-        )
-        return
-    rung = sch.grace_epochs(epochs)
-    configs = []
-    for flat in corner_samples(spec):
-        try:
-            configs.append(TrialConfig.from_dict(with_overrides(spec.trial, flat)))
-        except ConfigError as exc:
-            err("search", f"a corner of the space is not a valid trial: {exc}", "narrow the ranges")
-    warm = max(warmup_end(c) for c in configs)
-    if rung <= warm:
-        err(
-            "scheduler.grace_period",
-            f"first rung at epoch {rung} of {epochs} does not exceed the loss/LR warm-up "
-            f"(ends at epoch {warm})",
-            f"use grace_period > {warm / epochs:.3f}",
-        )
-    check_reference_sinkhorn(configs, err)
-    profiles = [schedule_profile(c) for c in configs]
-    first_diff = next(
-        (e + 1 for e in range(epochs) if len({p[e] for p in profiles}) > 1),
-        None,
-    )
-    searched_schedule = any(
-        p.name.startswith("handoff.") or ".schedule." in p.name for p in spec.search
-    )
-    if searched_schedule and first_diff is not None and rung < first_diff:
-        err(
-            "scheduler.grace_period",
-            f"the first rung (epoch {rung} of {epochs}) comes before the searched schedules can "
-            f"differ (epoch {first_diff}): {sch.kind} would stop trials on noise",
-            f"use grace_period >= {first_diff / epochs:.3f}, widen the searched windows, "
-            "or scheduler.kind: fifo with fewer epochs",
-        )
-
-
-REFERENCE_MIN_REG = 0.03  # methods.md §3: the published solver collapses below λ ≈ 0.03
-
-
-def check_reference_sinkhorn(configs: list[TrialConfig], err: _Err) -> None:
-    """Refuse a space in which the reference (10-iteration) solver meets λ < 0.03."""
-    for cfg in configs:
-        for name, term in cfg.losses.items():
-            p = term.params
-            if getattr(p, "solver", None) == "reference" and p.sinkhorn_reg < REFERENCE_MIN_REG:
-                err(
-                    f"losses.{name}.sinkhorn_reg",
-                    f"{p.sinkhorn_reg:g} with solver: reference in the space (the published "
-                    "solver silently collapses below 0.03, methods.md §3)",
-                    "keep sinkhorn_reg >= 0.03 with the reference solver, or search it only "
-                    f"when: {{losses.{name}.solver: converged}}",
-                )

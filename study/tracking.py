@@ -19,12 +19,15 @@ So here:
 * Results are keyed by ``(trial_id, step)``: a step already in the run's history of the step
   marker metric :data:`STEP_KEY` is skipped, so re-sent results (a restored trial replaying
   epochs, a replayed outbox) land exactly once.
-* Outages: a write that fails because MLflow is unreachable is appended to a JSON-lines outbox
-  and replayed, in order, before the next successful write (:meth:`StudyTracker.flush_outbox`).
-  Replays are idempotent thanks to the keys above, so a crash in the middle of a replay is
-  harmless. One warning line per outage, not per call.
+* Outages: a write that fails because MLflow is unreachable is appended to the durable
+  JSON-lines outbox (``study/outbox.py``) and replayed, in order, before the next successful
+  write (:meth:`StudyTracker.flush_outbox`). Replays are idempotent thanks to the keys above,
+  so a crash in the middle of a replay is harmless. One warning line per outage, not per call.
+* Keys and values are checked against MLflow's rules and limits before any write
+  (``study/mlflow_sanitize.py``): a bad entry drops itself, warned once, never a whole batch.
 
 This module must not import Ray (it is used by the driver, report scripts and tests alike).
+``flatten_params`` is re-exported from ``study/mlflow_sanitize.py`` for its importers.
 """
 
 from __future__ import annotations
@@ -32,9 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import numbers
 import os
-import posixpath
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -44,14 +45,18 @@ import requests
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import (
-    MAX_ENTITY_KEY_LENGTH,
-    MAX_METRICS_PER_BATCH,
-    MAX_PARAM_VAL_LENGTH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-    MAX_TAG_VAL_LENGTH,
-    validate_param_and_metric_name,
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+from study.mlflow_sanitize import (
+    check_literal,
+    clean_metrics,
+    clip_params,
+    clip_tags,
+    flatten_params,
+    params_truncated,
+    str_map,
 )
+from study.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -102,45 +107,6 @@ def _is_outage(exc: BaseException) -> bool:
         return not _is_permanent(exc)
     # Raw network errors can escape the REST client (e.g. during artifact uploads).
     return isinstance(exc, requests.RequestException | ConnectionError | TimeoutError)
-
-
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flatten a nested mapping into MLflow parameters ``{"a.b.c": "value"}``.
-
-    Keys are joined with ``.`` (the config subtree ``kd: {alpha: 0.5}`` becomes ``kd.alpha``,
-    one name per concept, ARCHITECTURE.md); values are stringified (lists/tuples as JSON so
-    they read the same as in the YAML). Values are NOT truncated here -- see
-    :meth:`StudyTracker.open_study`.
-    """
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            flat.update(flatten_params(value, name))
-        elif isinstance(value, list | tuple):
-            flat[name] = json.dumps(list(value), default=str)
-        else:
-            flat[name] = str(value)
-    return flat
-
-
-def _valid_key(key: str) -> bool:
-    """MLflow's rule for metric/param/tag names (``mlflow.utils.validation``), checked up front
-    so one bad key drops itself instead of failing (and dropping) a whole batch."""
-    return (
-        0 < len(key) <= MAX_ENTITY_KEY_LENGTH
-        and bool(validate_param_and_metric_name(key))
-        and posixpath.normpath(key) == key
-        and not key.startswith((".", "/"))
-    )
-
-
-def _check_literal(what: str, value: str) -> str:
-    """Ids end up inside search filters ``tags.x = '<value>'``; MLflow's filter grammar has no
-    escape for a single quote, so reject it rather than build a broken query."""
-    if not value or "'" in value:
-        raise ValueError(f"{what} must be a non-empty string without single quotes: {value!r}")
-    return value
 
 
 def _default_artifact_location(tracking_uri: str) -> str | None:
@@ -200,7 +166,7 @@ class StudyTracker:
         self._config: dict[str, Any] = {
             "tracking_uri": tracking_uri,
             "experiment_name": experiment_name,
-            "study_id": _check_literal("study_id", study_id),
+            "study_id": check_literal("study_id", study_id),
             "outbox_path": None if outbox_path is None else os.path.abspath(outbox_path),
             "artifact_location": artifact_location or _default_artifact_location(tracking_uri),
             "retry_interval_s": float(retry_interval_s),
@@ -232,13 +198,12 @@ class StudyTracker:
     def _init_runtime(self, experiment_id: str | None, parent_run_id: str | None) -> None:
         self._client = MlflowClient(tracking_uri=self._config["tracking_uri"])
         self._study_id: str = self._config["study_id"]
-        self._outbox_path: str | None = self._config["outbox_path"]
+        self._outbox = Outbox(self._config["outbox_path"])
         self._experiment_id = experiment_id
         self._parent_run_id = parent_run_id
         self._runs: dict[str, str] = {}  # trial_id -> run id (cache; truth is the tags)
         self._steps: dict[str, set[int]] = {}  # trial_id -> steps confirmed in MLflow
         self._queued_steps: dict[str, set[int]] = {}  # trial_id -> steps waiting in the outbox
-        self._memory_outbox: list[dict[str, Any]] = []  # used when outbox_path is None
         self._in_outage = False
         self._last_failure = -math.inf
         self._warned: set[str] = set()
@@ -288,7 +253,7 @@ class StudyTracker:
             "op": "open_study",
             "run_name": run_name,
             "params": flatten_params(params),
-            "tags": {str(k): str(v) for k, v in tags.items()},
+            "tags": str_map(tags),
             "texts": dict(texts),
         }
         return self._submit(record)
@@ -310,10 +275,10 @@ class StudyTracker:
         """
         record = {
             "op": "trial_run",
-            "trial_id": _check_literal("trial_id", trial_id),
+            "trial_id": check_literal("trial_id", trial_id),
             "run_name": run_name,
             "params": flatten_params(params),
-            "tags": {str(k): str(v) for k, v in tags.items()},
+            "tags": str_map(tags),
         }
         return self._submit(record)
 
@@ -328,11 +293,11 @@ class StudyTracker:
         Returns True if the result was logged (or queued during an outage), False if that step
         was already logged (or queued) for this trial.
         """
-        _check_literal("trial_id", trial_id)
+        check_literal("trial_id", trial_id)
         step = int(step)
         if step in self._queued_steps.get(trial_id, ()) or step in self._steps.get(trial_id, ()):
             return False
-        clean = self._clean_metrics(metrics)
+        clean = clean_metrics(metrics, self._warn_once)
         clean[STEP_KEY] = float(step)
         record = {
             "op": "log_result",
@@ -359,9 +324,9 @@ class StudyTracker:
             raise ValueError(f"status must be one of {sorted(TERMINAL_STATUSES)}: {status!r}")
         record = {
             "op": "close_trial",
-            "trial_id": _check_literal("trial_id", trial_id),
+            "trial_id": check_literal("trial_id", trial_id),
             "status": status,
-            "tags": {str(k): str(v) for k, v in (tags or {}).items()},
+            "tags": str_map(tags),
         }
         self._submit(record)
 
@@ -369,7 +334,7 @@ class StudyTracker:
         """Log ``text`` as the artifact file ``name`` of a trial's run (e.g. ``error.txt``)."""
         record = {
             "op": "trial_text",
-            "trial_id": _check_literal("trial_id", trial_id),
+            "trial_id": check_literal("trial_id", trial_id),
             "name": name,
             "text": text,
         }
@@ -386,7 +351,7 @@ class StudyTracker:
         """
         record = {
             "op": "trial_artifact",
-            "trial_id": _check_literal("trial_id", trial_id),
+            "trial_id": check_literal("trial_id", trial_id),
             "local_path": os.path.abspath(local_path),
             "artifact_path": artifact_path,
         }
@@ -438,18 +403,18 @@ class StudyTracker:
             "op": "finish_study",
             "status": status,
             "timestamp": int(time.time() * 1000),
-            "metrics": self._clean_metrics(metrics or {}),
-            "tags": {str(k): str(v) for k, v in (tags or {}).items()},
+            "metrics": clean_metrics(metrics or {}, self._warn_once),
+            "tags": str_map(tags),
             "texts": dict(texts or {}),
             "known_trials": None if known_trials is None else sorted(set(known_trials)),
         }
         self._flush(force=True)
         self._submit(record)
-        if self._has_pending():
-            where = self._outbox_path or "memory (lost at exit)"
+        if self._outbox.pending():
+            where = self._outbox.path or "memory (lost at exit)"
             logger.warning(
                 "MLflow still unreachable at study end; %d operations remain in the outbox %s",
-                len(self._read_outbox()),
+                len(self._outbox.read()),
                 where,
             )
 
@@ -482,86 +447,25 @@ class StudyTracker:
             raise
 
     def _queue(self, record: dict[str, Any], on_queue: Callable[[], None] | None) -> None:
-        if self._outbox_path is None:
-            self._memory_outbox.append(record)
-        else:
-            os.makedirs(os.path.dirname(self._outbox_path), exist_ok=True)
-            with open(self._outbox_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-                fh.flush()
-                # The outbox exists to survive the driver: make the line durable now.
-                os.fsync(fh.fileno())
+        self._outbox.append(record)
         if on_queue is not None:
             on_queue()
 
-    def _has_pending(self) -> bool:
-        if self._outbox_path is None:
-            return bool(self._memory_outbox)
-        try:
-            return os.path.getsize(self._outbox_path) > 0
-        except FileNotFoundError:
-            return False
-
-    def _read_outbox(self) -> list[dict[str, Any]]:
-        if self._outbox_path is None:
-            return list(self._memory_outbox)
-        records: list[dict[str, Any]] = []
-        try:
-            with open(self._outbox_path, encoding="utf-8") as fh:
-                lines = fh.readlines()
-        except FileNotFoundError:
-            return records
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                # Only a line cut by a crash mid-write can be malformed; it was never acked.
-                logger.warning("outbox %s: skipping malformed line %d", self._outbox_path, number)
-        return records
-
-    def _write_outbox(self, records: list[dict[str, Any]]) -> None:
-        if self._outbox_path is None:
-            self._memory_outbox = list(records)
-            return
-        if not records:
-            try:
-                os.remove(self._outbox_path)
-            except FileNotFoundError:
-                pass
-            return
-        tmp = f"{self._outbox_path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in records)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._outbox_path)  # atomic: a crash leaves the old or the new list
-
     def _flush(self, *, force: bool) -> bool:
         """Replay the outbox; False if MLflow is (still) down and records remain."""
-        if not self._has_pending():
+        if not self._outbox.pending():
             return True
         if not force and time.monotonic() - self._last_failure < self._config["retry_interval_s"]:
             return False
-        records = self._read_outbox()
-        for index, record in enumerate(records):
-            try:
-                self._apply(record)
-            except Exception as exc:
-                if _is_outage(exc):
-                    self._write_outbox(records[index:])
-                    self._note_failure(exc)
-                    return False
-                if not _is_permanent(exc):
-                    # An unexpected error (a bug, a record whose parent was dropped): re-raising
-                    # would block every later write behind this record forever, so drop it loudly.
-                    logger.error(
-                        "outbox replay of %s failed; dropped", record.get("op"), exc_info=exc
-                    )
-                    continue
-                self._warn_dropped(record, exc)
-        self._write_outbox([])
+        replayed, outage = self._outbox.replay(
+            self._apply,
+            is_outage=_is_outage,
+            is_permanent=_is_permanent,
+            on_rejected=self._warn_dropped,
+        )
+        if outage is not None:
+            self._note_failure(outage)
+            return False
         # Queued steps have either landed or been dropped; forget the confirmed-steps caches of
         # those trials so the next log_result reloads the truth from MLflow.
         for trial_id in self._queued_steps:
@@ -571,7 +475,7 @@ class StudyTracker:
             logger.warning(
                 "MLflow at %s reachable again: replayed %d queued operations",
                 self.tracking_uri,
-                len(records),
+                replayed,
             )
         self._in_outage = False
         return True
@@ -585,7 +489,7 @@ class StudyTracker:
                 self.tracking_uri,
                 type(exc).__name__,
                 str(exc).splitlines()[0][:200] if str(exc) else "",
-                self._outbox_path or "memory",
+                self._outbox.where,
                 self._config["retry_interval_s"],
             )
 
@@ -838,32 +742,8 @@ class StudyTracker:
             steps = self._steps[trial_id] = {int(m.step) for m in history}
         return steps
 
-    def _clean_metrics(self, metrics: Mapping[str, Any]) -> dict[str, float]:
-        clean: dict[str, float] = {}
-        for key, value in metrics.items():
-            key = str(key)
-            if not _valid_key(key):
-                self._warn_once(f"name:{key}", "dropping metric with invalid MLflow name %r", key)
-            elif isinstance(value, bool) or not isinstance(value, numbers.Real):
-                self._warn_once(
-                    f"type:{key}", "dropping non-numeric metric %r (%s)", key, type(value).__name__
-                )
-            elif not math.isfinite(float(value)):
-                self._warn_once(
-                    f"nonfinite:{key}", "dropping non-finite metric %r = %s", key, value
-                )
-            else:
-                clean[key] = float(value)
-        return clean
-
     def _clip_tags(self, tags: Mapping[str, str]) -> dict[str, str]:
-        clipped: dict[str, str] = {}
-        for key, value in tags.items():
-            if key != TAG_PARENT_RUN_ID and not _valid_key(key):
-                self._warn_once(f"tag:{key}", "dropping tag with invalid MLflow name %r", key)
-                continue
-            clipped[key] = value[:MAX_TAG_VAL_LENGTH]
-        return clipped
+        return clip_tags(tags, self._warn_once, exempt=(TAG_PARENT_RUN_ID,))
 
     def _log_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         items = [RunTag(k, v) for k, v in self._clip_tags(tags).items()]
@@ -875,11 +755,7 @@ class StudyTracker:
     ) -> None:
         """Log the params missing from ``existing`` (params are immutable in MLflow)."""
         todo: list[Param] = []
-        for key, value in flat.items():
-            if not _valid_key(key):
-                self._warn_once(f"param:{key}", "dropping param with invalid MLflow name %r", key)
-                continue
-            clipped = value[:MAX_PARAM_VAL_LENGTH]
+        for key, clipped in clip_params(flat, self._warn_once).items():
             if key in existing:
                 if existing[key] != clipped:
                     self._warn_once(
@@ -893,7 +769,7 @@ class StudyTracker:
                     )
                 continue
             todo.append(Param(key, clipped))
-        if any(len(v) > MAX_PARAM_VAL_LENGTH for v in flat.values()):
+        if params_truncated(flat):
             self._client.log_text(
                 run_id, json.dumps(dict(flat), indent=2, sort_keys=True), FULL_PARAMS_ARTIFACT
             )

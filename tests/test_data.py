@@ -17,6 +17,7 @@ from scipy import stats
 from torchvision.transforms import functional as TF
 
 from trainables.data import (
+    DATASET_REGISTRY,
     DATASETS,
     DIGITS_PRESET,
     FIXED_TEST_FRACTION,
@@ -28,6 +29,7 @@ from trainables.data import (
     augment_batch,
     channel_stats,
     load_data,
+    resolve_dataset,
     sample_augmentation,
     stream_seed,
     tuning_split,
@@ -321,6 +323,36 @@ def test_unknown_name_and_missing_cifar_errors(tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError, match=r"download: true") as info:
             load_data(name, root=str(tmp_path))
         assert str(tmp_path) in str(info.value)
+
+
+def test_dataset_registry_entries_and_lookup() -> None:
+    """One registry (issue 9): DATASETS derives from it, names resolve through it, and
+    each fixed entry's metadata matches what its loader gives (digits checked offline)."""
+    assert DATASETS == ("digits", "cifar10", "cifar100")
+    assert set(DATASET_REGISTRY) == {*DATASETS, "imagefolder"}
+    for key, spec in DATASET_REGISTRY.items():
+        assert spec.name == key
+        assert spec.parameterised == (key == "imagefolder")
+        fixed = (spec.num_classes, spec.image_size, spec.in_channels, spec.preset)
+        assert all(v is None for v in fixed) if spec.parameterised else None not in fixed
+    assert [k for k, s in DATASET_REGISTRY.items() if s.embedded] == ["digits"]
+    assert DATASET_REGISTRY["cifar100"].num_classes == 100
+    assert resolve_dataset("digits") == (DATASET_REGISTRY["digits"], None)
+    assert resolve_dataset("imagefolder:/a:b") == (DATASET_REGISTRY["imagefolder"], "/a:b")
+    for bad in ("mnist", "imagefolder", "imagefolder:", "digits:x", "DIGITS"):
+        with pytest.raises(ValueError) as info:
+            resolve_dataset(bad)
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(f"unknown dataset {bad!r}; allowed:")
+        assert msg.endswith("digits, cifar10, cifar100 or 'imagefolder:<path>'")
+    spec = DATASET_REGISTRY["digits"]
+    b = load_data("digits")
+    assert (b.num_classes, b.image_size, b.in_channels) == (
+        spec.num_classes,
+        spec.image_size,
+        spec.in_channels,
+    )
+    assert b.preset is spec.preset is DIGITS_PRESET
 
 
 def _write_tree(root: Path, classes: dict[str, int], size=(8, 6), mode: str = "L") -> None:

@@ -18,15 +18,8 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from trainables.losses._feature_math import (
-    category_cost,
-    cw2,
-    gaussian_kl,
-    gaussian_w2,
-    jw2,
-    w2_empirical,
-    wkd_feature,
-)
+from trainables.losses.math_kd2m import cw2, gaussian_kl, gaussian_w2, jw2, w2_empirical
+from trainables.losses.math_wkd_feature import category_cost, wkd_feature
 from trainables.losses.projector import Bottleneck, ConvReg, build_projector
 
 F64 = torch.float64

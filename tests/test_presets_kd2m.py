@@ -14,7 +14,7 @@ from torch.autograd import gradcheck
 
 from trainables.config import ConfigError, TrialConfig
 from trainables.loop import build_criterion
-from trainables.losses._feature_math import gaussian_cw2, jw2
+from trainables.losses.math_kd2m import gaussian_cw2, jw2
 from trainables.types import EpochInfo, ModelOutputs
 
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from study.space import define_by_run, grid_points, startup_trials, trial_count
-from study.spec import SpecError, active_params, corner_samples, load_spec
+from study.spec import SpecError, load_spec
+from study.spec_checks import active_params, corner_samples
 from trainables.config import TrialConfig, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]

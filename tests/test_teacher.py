@@ -317,6 +317,85 @@ def test_mismatch_error_lists_keys(tmp_path: Path) -> None:
     assert head.weight.shape[0] == 10
 
 
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", b"not a checkpoint\n"])
+def test_unreadable_checkpoint_names_the_file(tmp_path: Path, content: bytes) -> None:
+    """Empty, truncated and foreign files: one clear error from the one reader, naming the
+    path (``trainables.models.load_state_file``), raised by ``load_teacher`` as a
+    ``TeacherCheckpointError``."""
+    from trainables.models import CheckpointError, load_state_file
+
+    path = tmp_path / "ckpt_epoch_240.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint") as err:
+        load_state_file(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(T.TeacherCheckpointError) as err2:
+        T.load_teacher("cnn_small", 10, path, in_channels=1)
+    assert str(path) in str(err2.value)
+    # A truncated real checkpoint (a download cut short).
+    good = tmp_path / "good.pth"
+    torch.save({"model": build("cnn_small", 10, in_channels=1).state_dict()}, good)
+    path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(T.TeacherCheckpointError, match="not a readable torch checkpoint") as err2:
+        T.load_teacher("cnn_small", 10, path, in_channels=1)
+    assert str(path) in str(err2.value)
+    with pytest.raises(FileNotFoundError):
+        load_state_file(tmp_path / "missing.pth")
+
+
+def test_checkpoint_pickling_objects_is_refused(tmp_path: Path) -> None:
+    """A real checkpoint that pickles an object (an argparse Namespace, as many training
+    scripts save) is not run: the weights_only refusal names the file and the fix."""
+    import argparse
+
+    sd = build("cnn_small", 10, in_channels=1).state_dict()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": sd, "args": argparse.Namespace(lr=0.05)}, path)
+    with pytest.raises(T.TeacherCheckpointError, match="weights_only=True") as err:
+        T.load_teacher("cnn_small", 10, path, in_channels=1)
+    assert str(path) in str(err.value) and "re-save just the state dict" in str(err.value)
+
+
+def test_state_dict_key_and_non_tensor_payload(tmp_path: Path) -> None:
+    from trainables.models import CheckpointError, load_state_file
+
+    sd = build("cnn_small", 10, in_channels=1).state_dict()
+    path = tmp_path / "c.pth"
+    torch.save({"state_dict": sd, "epoch": 3}, path)
+    assert set(load_state_file(path)) == set(sd)
+    torch.save({"epoch": 3, "acc": 0.5}, path)
+    with pytest.raises(CheckpointError, match="expected a state dict") as err:
+        load_state_file(path)
+    assert str(path) in str(err.value)
+
+
+def test_teacher_lr_is_the_loops_lr_at() -> None:
+    from trainables.loop import lr_at
+
+    for dataset, epochs in (("cifar100", 240), ("digits", 30), ("cifar100", 7)):
+        recipe = T.default_recipe(dataset)
+        recipe = T.TeacherRecipe(**{**recipe.__dict__, "epochs": epochs})
+        cfg = T.teacher_trial_config(recipe, dataset=dataset, arch="cnn_large")
+        assert list(cfg.losses) == ["ce"] and cfg.losses["ce"].loss == "ce"
+        assert not cfg.final and cfg.student.arch == "cnn_large"
+        assert cfg.teacher.checkpoint is None
+        for epoch in range(1, epochs + 1):
+            assert T.learning_rate(recipe, epoch, epochs) == lr_at(cfg, epoch)
+
+
+def test_fit_teacher_is_seeded_and_leaves_global_rng() -> None:
+    kw = dict(epochs=1, max_per_class=12, batch_size=32, device="cpu")
+    before = torch.random.get_rng_state()
+    a, meta_a = T.fit_teacher("digits", "cnn_small", seed=3, **kw)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b, _ = T.fit_teacher("digits", "cnn_small", seed=3, **kw)
+    c, _ = T.fit_teacher("digits", "cnn_small", seed=4, **kw)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert meta_a["epochs"] == 1 and meta_a["max_per_class"] == 12 and meta_a["seed"] == 3
+
+
 # --------------------------------------------------------------------------- registry
 
 

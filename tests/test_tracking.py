@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import secrets
 import socket
 import subprocess
 import sys
@@ -423,9 +422,8 @@ def test_outbox_replays_exactly_once_when_server_comes_back(
 @pytest.fixture()
 def ray_local(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ray = pytest.importorskip("ray")
-    # token auth, as the product runs Ray: a fresh token in this process's environment
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    # token auth, as the product runs Ray: tests/conftest.py set the mode and a fresh
+    # token before anything imported Ray (Ray reads the mode once, at import)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield

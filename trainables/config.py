@@ -378,7 +378,7 @@ def _coerce(tp: Any, value: Any, path: str, fraction: bool = False) -> Any:
                 errors.append(exc.detail)
         raise ConfigError(path, errors[0] if errors else f"bad value {value!r}")
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
+        return _build(typing.cast(type, tp), value, path)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -541,6 +541,32 @@ def get_path(d: dict[str, Any], dotted: str, default: Any = None) -> Any:
             return default
         cur = cur[k]
     return cur
+
+
+@dataclass(frozen=True)
+class ResolvedTrial:
+    """What a Ray trial config means: its base, its searched values and the config."""
+
+    base: str  # "search" or "<baseline>:<seed>"
+    overrides: dict[str, Any]  # the searched values (flat dotted names)
+    full: dict[str, Any]  # the base with the overrides applied (nested dict)
+    config: TrialConfig
+
+
+def trial_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """Searched values of a Ray config: flat dotted names, or a grid ``point``."""
+    flat = {k: v for k, v in config.items() if k not in ("point", "base")}
+    flat.update(config.get("point") or {})
+    return flat
+
+
+def resolve_trial(bases: dict[str, dict[str, Any]], ray_config: dict[str, Any]) -> ResolvedTrial:
+    """The only way a Ray config becomes a ``TrialConfig``: ``ray_config["base"]`` picks a
+    fully resolved base (default ``"search"``), the rest are dotted overrides."""
+    base = str(ray_config.get("base", "search"))
+    over = trial_overrides(ray_config)
+    full = with_overrides(bases[base], over)
+    return ResolvedTrial(base, over, full, TrialConfig.from_dict(full))
 
 
 def with_overrides(base: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:

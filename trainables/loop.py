@@ -98,7 +98,7 @@ def build_criterion(cfg: TrialConfig, cost: Tensor | None) -> Criterion:
     terms = []
     for name, t in cfg.losses.items():
         loss = LOSSES[t.loss](t.params)
-        if getattr(loss, "needs_cost", False):
+        if loss.needs_cost:
             if cost is None:
                 raise ValueError(f"loss term {name!r} ({t.loss}) needs cost.path (a cost matrix)")
             loss.set_cost(cost)
@@ -115,7 +115,7 @@ def load_teacher_weights(model: nn.Module, path: str) -> None:
 class TrialSetup:
     device: torch.device
     data: DataBundle
-    teacher: nn.Module
+    teacher: nn.Module | None  # None when no loss term reads it
     student: nn.Module
     criterion: Criterion
     optimizer: torch.optim.Optimizer
@@ -137,19 +137,21 @@ def setup_trial(cfg: TrialConfig, device: torch.device | None = None) -> TrialSe
         cache_dir=d.cache_dir,
     )
     C, in_ch = data.num_classes, data.in_channels
-    with seeded(derive_seed(cfg.seed, "teacher_init"), device):  # only matters with no weights
-        teacher = build_model(cfg.teacher.arch, C, in_channels=in_ch)
-    if cfg.teacher.checkpoint:
-        load_teacher_weights(teacher, cfg.teacher.checkpoint)
-    teacher = teacher.to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    with seeded(derive_seed(cfg.seed, "student_init"), device):
-        student = build_model(cfg.student.arch, C, in_channels=in_ch).to(device)
     cost = None
     if cfg.cost.path:
         cost = torch.load(cfg.cost.path, map_location="cpu", weights_only=True)
     criterion = build_criterion(cfg, cost).to(device)
+    teacher: nn.Module | None = None
+    if criterion.needs_teacher:  # CE alone (training a teacher) runs without one
+        with seeded(derive_seed(cfg.seed, "teacher_init"), device):  # matters with no weights
+            teacher = build_model(cfg.teacher.arch, C, in_channels=in_ch)
+        if cfg.teacher.checkpoint:
+            load_teacher_weights(teacher, cfg.teacher.checkpoint)
+        teacher = teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    with seeded(derive_seed(cfg.seed, "student_init"), device):
+        student = build_model(cfg.student.arch, C, in_channels=in_ch).to(device)
     train_loader = BatchLoader(
         data.train,
         data.preset,
@@ -171,7 +173,8 @@ def setup_trial(cfg: TrialConfig, device: torch.device | None = None) -> TrialSe
     x, y = next(iter(eval_loader.epoch(1)))
     student.eval()
     with torch.no_grad():
-        s_out, t_out = student(x), teacher(x)
+        s_out = student(x)
+        t_out = teacher(x) if teacher is not None else None
     with seeded(derive_seed(cfg.seed, "loss_init"), device):
         criterion.setup(s_out, t_out, C)
     criterion.to(device)
@@ -278,8 +281,10 @@ def run_training(
         sums: dict[str, Tensor] = {}
         n_batches = 0
         for batch, (x, y) in enumerate(ts.train_loader.epoch(epoch)):
-            with torch.no_grad(), _autocast(dev, amp):
-                t_out = ts.teacher(x)
+            t_out = None
+            if ts.teacher is not None:
+                with torch.no_grad(), _autocast(dev, amp):
+                    t_out = ts.teacher(x)
             with _autocast(dev, amp):
                 s_out = ts.student(x)
                 out = ts.criterion(s_out, t_out, y, info)
@@ -305,17 +310,16 @@ def run_training(
                 _accumulate(sums, f"train/{k}", v)
             for k, v in out.diagnostics.items():
                 _accumulate(sums, f"diag/{k}", v)
-            for k, v in _alignment(s_out.logits, t_out.logits, y, T_diag).items():
-                _accumulate(sums, f"diag/{k}", v)
+            if t_out is not None:  # the alignment diagnostics compare with the teacher
+                for k, v in _alignment(s_out.logits, t_out.logits, y, T_diag).items():
+                    _accumulate(sums, f"diag/{k}", v)
             n_batches += 1
         ts.criterion.on_epoch_end(info)
         metrics = {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
         for name, w in out.weights.items():
             metrics[f"weight/{name}"] = w
-        # loss_w of the published figures: γ(e)·WD, the weighted Wasserstein part
-        w_parts = [v for k, v in metrics.items() if k.endswith("/wasserstein")]
-        if w_parts:
-            metrics["diag/w"] = sum(w_parts)
+        # the headline diagnostics each family declares (e.g. the figures' loss_w)
+        metrics.update(_headlines(ts.criterion, metrics))
         _check_health(ts.criterion, metrics, epoch, out_dir)
         top1, vloss, z, yv, per_class = _accuracy_and_logits(ts.student, ts.eval_loader, C, amp)
         improved = top1 > best
@@ -366,6 +370,17 @@ def _alignment(zs: Tensor, zt: Tensor, y: Tensor, T: float) -> dict[str, Tensor]
         ls = torch.log_softmax(zs.detach().float(), 1).gather(1, y[:, None])
         d = {**d, "target": -(pt * ls).mean()}
     return d
+
+
+def _headlines(criterion: Criterion, metrics: dict[str, float]) -> dict[str, float]:
+    """``diag/<name>``: the sum over terms of the weighted part each family names."""
+    out: dict[str, float] = {}
+    for term in criterion.terms:
+        for name, part in term.loss.headline_parts.items():
+            value = metrics.get(f"train/{term.name}/{part}")
+            if value is not None:
+                out[f"diag/{name}"] = out.get(f"diag/{name}", 0.0) + value
+    return out
 
 
 def _check_health(

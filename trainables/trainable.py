@@ -20,18 +20,11 @@ import ray
 import torch
 from ray import tune
 
-from trainables.config import TrialConfig, with_overrides
+from trainables.config import resolve_trial
 from trainables.loop import LossUnhealthy, NonFiniteLoss, run_training
 
 STATE_FILE = "state.pt"
 _DETERMINISTIC = {"NonFiniteLoss": NonFiniteLoss, "LossUnhealthy": LossUnhealthy}
-
-
-def trial_overrides(config: dict[str, Any]) -> dict[str, Any]:
-    """Searched values of a Ray config: flat dotted names, or a grid ``point``."""
-    flat = {k: v for k, v in config.items() if k not in ("point", "base")}
-    flat.update(config.get("point") or {})
-    return flat
 
 
 def train_trial(config: dict[str, Any], bases: dict[str, dict[str, Any]]) -> None:
@@ -43,8 +36,7 @@ def train_trial(config: dict[str, Any], bases: dict[str, dict[str, Any]]) -> Non
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
     if cpus >= 1:  # one intra-op thread per reserved CPU (oversubscription is very costly)
         torch.set_num_threads(int(cpus))
-    base = bases[config.get("base", "search")]
-    cfg = TrialConfig.from_dict(with_overrides(base, trial_overrides(config)))
+    cfg = resolve_trial(bases, config).config
     trial_dir = Path(cfg.output.dir) / trial_id if cfg.output.dir else None
     failure = trial_dir / "failure.json" if trial_dir else None
     if failure is not None and failure.is_file():

@@ -35,12 +35,32 @@ class DistillLoss(nn.Module):
     diagnostic_keys: ClassVar[frozenset[str]] = frozenset()
     #: temperature used for the alignment diagnostics of methods.md §6 (None: not a logit loss)
     temperature: float | None = None
+    #: the family needs the class cost matrix (the driver builds it once; ``set_cost``)
+    needs_cost: ClassVar[bool] = False
+    #: the family reads the teacher's outputs (a criterion of CE alone trains a teacher)
+    needs_teacher: ClassVar[bool] = True
+    #: headline diagnostics this family contributes: metric name -> weighted part; the loop
+    #: reports ``diag/<name>`` = the sum of that part over the terms of this family (the
+    #: loss-evolution figures plot them, e.g. WKD-L's ``w`` = γ(e)·WD)
+    headline_parts: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: Any) -> None:
         super().__init__()
         self.params = params
 
     # -- the interface -------------------------------------------------------------
+    @classmethod
+    def study_check(cls, params: Any) -> tuple[str, str, str] | None:
+        """A check a study runs on every corner of its search space before anything
+        starts, for problems that only show inside training (e.g. a solver that collapses
+        silently at some settings). Returns ``(param, what is wrong, what is allowed)`` or
+        None. Per-value checks belong in ``Params.__post_init__``."""
+        return None
+
+    def set_cost(self, raw: Tensor) -> None:
+        """Receive the raw class cost matrix (families with ``needs_cost``)."""
+        raise NotImplementedError(f"{self.name} does not use a cost matrix")
+
     def coefficients(self) -> dict[str, float]:
         """Fixed coefficient of each summed part (e.g. DKD's α and β)."""
         raise NotImplementedError
@@ -130,6 +150,10 @@ class Criterion(nn.Module):
         # registered so that .to(device), state_dict() and parameters() see loss state
         self.losses = nn.ModuleDict({t.name: t.loss for t in terms})
 
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.loss.needs_teacher for t in self.terms)
+
     def term_weights(self, info: EpochInfo) -> dict[str, float]:
         return {t.name: t.weight * t.schedule(info) for t in self.terms}
 
@@ -160,18 +184,20 @@ class Criterion(nn.Module):
         return CriterionOutput(total, parts, diags, weights)
 
     # hooks fan out to every loss
-    def setup(self, student: ModelOutputs, teacher: ModelOutputs, num_classes: int) -> None:
+    def setup(self, student: ModelOutputs, teacher: ModelOutputs | None, num_classes: int) -> None:
         for t in self.terms:
-            t.loss.setup(student, teacher, num_classes)
+            t.loss.setup(student, teacher, num_classes)  # type: ignore[arg-type]  # None: no term needs it
 
     def on_epoch_start(self, info: EpochInfo) -> None:
         for t in self.terms:
             t.loss.on_epoch_start(info)
 
     @torch.no_grad()
-    def on_batch_end(self, student: ModelOutputs, teacher: ModelOutputs, target: Tensor) -> None:
+    def on_batch_end(
+        self, student: ModelOutputs, teacher: ModelOutputs | None, target: Tensor
+    ) -> None:
         for t in self.terms:
-            t.loss.on_batch_end(student, teacher, target)
+            t.loss.on_batch_end(student, teacher, target)  # type: ignore[arg-type]  # None: no term needs it
 
     def on_epoch_end(self, info: EpochInfo) -> None:
         for t in self.terms:

@@ -121,6 +121,11 @@ class GKLLoss(DistillLoss):
     checkpoint/resume through ``state_dict()``.
     """
 
+    prior: Tensor  # buffers: the class prior (GI) and its running sums
+    prior_sum: Tensor
+    prior_count: Tensor
+    prior_ready: Tensor
+
     name = "gkl"
     Params = GKLParams
     published = staticmethod(published)

@@ -22,6 +22,7 @@ class CELoss(DistillLoss):
 
     name = "ce"
     Params = CEParams
+    needs_teacher = False
 
     def coefficients(self) -> dict[str, float]:
         return {"ce": 1.0}

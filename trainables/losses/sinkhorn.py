@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -400,7 +400,7 @@ class _ConvergedTransportCost(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
+        ctx: Any,
         p: Tensor,
         q: Tensor,
         cost_matrix: Tensor,
@@ -420,7 +420,7 @@ class _ConvergedTransportCost(torch.autograd.Function):
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, g_cost: Tensor, _g_err: Tensor, _g_it: Tensor
+        ctx: Any, g_cost: Tensor, _g_err: Tensor, _g_it: Tensor
     ) -> tuple[Tensor | None, ...]:
         u, v, p, q, K, KT, KC, kcv = ctx.saved_tensors
         supp_p = p > 0

@@ -14,6 +14,8 @@ from trainables.losses.projector import build_projector
 from trainables.types import ModelOutputs
 
 SOLVERS = ("reference", "converged")
+#: methods.md §3: the published 10-iteration solver collapses below λ ≈ 0.03
+REFERENCE_MIN_REG = 0.03
 
 
 #: Kernel sweeps (two [B, C] × [C, C] products, the work of one reference iteration) the
@@ -125,6 +127,8 @@ class WKDLLoss(DistillLoss):
     epoch mean is the fraction of such batches; always 0 for the reference solver).
     """
 
+    cost: Tensor  # buffer: the sharpened [C, C] cost (set_cost)
+
     name = "wkd_l"
     Params = WKDLParams
     unscheduled_parts = frozenset({"target"})
@@ -132,11 +136,26 @@ class WKDLLoss(DistillLoss):
         {"marginal_error", "marginal_gap", "collapsed", "sweeps", "cap_hit"}
     )
     needs_cost = True
+    headline_parts = {"w": "wasserstein"}  # loss_w of the WKL paper's figures: γ(e)·WD
 
     def __init__(self, params: WKDLParams) -> None:
         super().__init__(params)
         self.temperature = params.temperature
         self.register_buffer("cost", torch.empty(0), persistent=False)
+
+    @classmethod
+    def study_check(cls, params: WKDLParams) -> tuple[str, str, str] | None:
+        """The published (reference) solver collapses silently below λ ≈ 0.03 (methods.md
+        §3): a space must not pair it with such a λ."""
+        if params.solver == "reference" and params.sinkhorn_reg < REFERENCE_MIN_REG:
+            return (
+                "sinkhorn_reg",
+                f"{params.sinkhorn_reg:g} with solver: reference in the space (the published "
+                f"solver silently collapses below {REFERENCE_MIN_REG}, methods.md §3)",
+                f"keep sinkhorn_reg >= {REFERENCE_MIN_REG} with the reference solver, or search "
+                "it only when the solver is converged",
+            )
+        return None
 
     def set_cost(self, raw: Tensor) -> None:
         """Sharpen the raw D = 1 − CKA once; kept out of state_dict (rebuilt from the cache)."""
@@ -206,7 +225,7 @@ class WKDLLoss(DistillLoss):
             f"(marginal error {diag['marginal_error']:.4f} > half of "
             f"‖p̃_s − p̃_t‖₁ = {diag['marginal_gap']:.4f} in {frac:.0%} of "
             f"batches) at sinkhorn_reg={p.sinkhorn_reg}; use solver: converged or "
-            f"sinkhorn_reg >= 0.03 (methods.md §3)",
+            f"sinkhorn_reg >= {REFERENCE_MIN_REG} (methods.md §3)",
             fatal=p.on_collapse == "fail",
         )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,7 +40,14 @@ from trainables.models.tv import tv_mobilenet_v2, tv_resnet18, tv_resnet34, tv_r
 from trainables.models.vgg import vgg8, vgg13
 from trainables.models.wrn import wrn_16_2, wrn_40_1, wrn_40_2
 
-__all__ = ["MODELS", "ZooModel", "build", "feature_shapes", "load_state_file"]
+__all__ = [
+    "MODELS",
+    "CheckpointError",
+    "ZooModel",
+    "build",
+    "feature_shapes",
+    "load_state_file",
+]
 
 # name -> factory(num_classes, in_channels=<native default>) -> ZooModel
 MODELS: dict[str, Callable[..., ZooModel]] = {
@@ -81,19 +89,54 @@ def default_in_channels(name: str) -> int:
     return int(default)
 
 
-def load_state_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a state dict from ``path`` with ``torch.load(weights_only=True)``.
+class CheckpointError(ValueError):
+    """A file is not a readable checkpoint holding a state dict (the message names it)."""
 
-    Accepts the CRD/mdistiller checkpoint layout ``{"model": state_dict, ...}``
-    (methods.md §9) or a bare state dict (torchvision weight files). A ``module.`` prefix on
-    every key (checkpoints saved from ``DataParallel``) is removed.
+
+def load_state_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The one checkpoint reader: the state dict in ``path``, read with
+    ``torch.load(map_location="cpu", weights_only=True)`` (no code in the file runs).
+
+    Accepts the CRD/mdistiller layout ``{"model": state_dict, ...}`` (methods.md §9, e.g.
+    ``ckpt_epoch_240.pth``; also the study's teacher registry ``ckpt.pth``),
+    ``{"state_dict": state_dict, ...}`` or a bare state dict (torchvision weight files).
+    A ``module.`` prefix on *every* key (a model saved from ``DataParallel``) is removed;
+    a partial prefix is left alone so a strict load reports it. An empty, truncated or
+    non-checkpoint file, or one pickling other objects, raises :class:`CheckpointError`
+    naming ``path``.
     """
-    obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError) as err:
+        if isinstance(err, OSError) and not os.path.isfile(path):
+            raise  # missing file or a folder: the OS error already says so
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        # A torch file is a zip archive ("PK") or a legacy protocol-2 pickle (0x80): if
+        # the weights-only unpickler refused its pickle, it holds objects beyond tensors.
+        if isinstance(err, pickle.UnpicklingError) and (head[:2] == b"PK" or head[:1] == b"\x80"):
+            raise CheckpointError(
+                f"{path}: cannot be read with weights_only=True (it pickles objects other "
+                f"than tensors and plain containers); re-save just the state dict: {err}"
+            ) from err
+        what = "an empty file" if not head else f"{type(err).__name__}: {err}"
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint (empty, truncated or another kind "
+            f"of file): {what}"
+        ) from err
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and all(isinstance(v, Tensor) for v in inner.values()):
+                obj = inner
+                break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict or a dict with a 'model' state dict")
-    state = dict(obj)
+        raise CheckpointError(
+            f"{path}: expected a state dict or a dict with a 'model' state dict "
+            f"(mdistiller/CRD format), got {type(obj).__name__}"
+            + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else "")
+        )
+    state = {str(k): v for k, v in obj.items()}
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
