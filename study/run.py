@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.space, overrides)
     except SpecError as exc:
         return bad_input(str(exc))
+    student_ckpt = spec.trial_config.student.checkpoint
+    if student_ckpt and not Path(student_ckpt).is_file():
+        return bad_input(
+            f"{args.space}: trial.student.checkpoint: {student_ckpt} is not a file "
+            "(pretrained student weights: a state dict readable with weights_only=True)"
+        )
     from study.space import trial_count
 
     n_trials = trial_count(spec)
@@ -264,13 +270,18 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     if tc.cost is not None:
         resolved["cost"] = {**cost_cfg, "path": str(tc.cost.path), "sha256": tc.cost.sha256}
     resolved["output"] = {**(trial.get("output") or {}), "dir": str(storage / "trials")}
+    if typed.student.checkpoint:  # trials run elsewhere: an absolute path (checked in main)
+        resolved["student"] = {
+            **trial["student"],
+            "checkpoint": str(Path(typed.student.checkpoint).resolve()),
+        }
     resolved.setdefault("family", spec.name)
     resolved["seed"] = trial.get("seed", spec.seeds[0])
     bases: dict[str, dict[str, Any]] = {"search": resolved}
     for b in spec.baselines:
         for seed in spec.seeds:
             tmp = StudySpec.baseline_config(spec, b, seed)
-            for k in ("teacher", "cost", "output"):
+            for k in ("teacher", "student", "cost", "output"):
                 tmp[k] = resolved[k] if k in resolved else tmp.get(k)
             tmp = {k: v for k, v in tmp.items() if v is not None}
             bases[f"{b.name}:{seed}"] = tmp

@@ -207,3 +207,32 @@ def test_every_space_runs_one_tiny_epoch(path: Path, cost_path: str, tmp_path: P
         assert (
             len(rec.metrics) == 1 and rec.metrics[0]["train/loss"] == rec.metrics[0]["train/loss"]
         )
+
+
+def test_a_student_starts_from_pretrained_weights_except_a_foreign_head(
+    cost_path: str, tmp_path: Path
+) -> None:
+    """KD²M's recipe starts the student from ImageNet weights: every tensor whose name and
+    shape match is loaded, a head of another task keeps its seeded init."""
+    from trainables.loop import load_pretrained
+    from trainables.models import build
+
+    donor = build("cnn_small", 5, in_channels=1)  # another task: a 5-way head
+    path = tmp_path / "pre.pt"
+    torch.save({"model": donor.state_dict()}, path)
+    student = build("cnn_small", 10, in_channels=1)
+    left = load_pretrained(student, str(path))
+    own, theirs = student.state_dict(), donor.state_dict()
+    assert left and all(own[k].shape != theirs[k].shape for k in left)  # only the head
+    for k in own:
+        if k not in left:
+            assert torch.equal(own[k], theirs[k]), k
+    cfg = TrialConfig.from_dict(
+        digits_cfg(cost_path, epochs=1, **{"student.checkpoint": str(path)})
+    )
+    rec = Recorder()
+    run_training(cfg, rec)
+    assert rec.metrics[-1]["epoch"] == 1.0
+    torch.save({"encoder.weight": torch.zeros(3)}, path)  # weights of something else
+    with pytest.raises(ValueError, match="no tensor matches"):
+        load_pretrained(student, str(path))

@@ -111,6 +111,23 @@ def load_teacher_weights(model: nn.Module, path: str) -> None:
     model.load_state_dict(load_state_file(path), strict=True)
 
 
+def load_pretrained(model: nn.Module, path: str) -> list[str]:
+    """Initialise ``model`` from pretrained weights (e.g. a student's ImageNet weights,
+    KD²M's recipe, methods.md §8): every tensor whose name and shape match is loaded;
+    the others (the classifier head of another task) keep their seeded initialisation.
+    Returns the names left as initialised; refuses a file that matches nothing."""
+    state = load_state_file(path)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(
+            f"student.checkpoint {path}: no tensor matches the {type(model).__name__} "
+            "architecture by name and shape"
+        )
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
 @dataclass
 class TrialSetup:
     device: torch.device
@@ -152,6 +169,8 @@ def setup_trial(cfg: TrialConfig, device: torch.device | None = None) -> TrialSe
             p.requires_grad_(False)
     with seeded(derive_seed(cfg.seed, "student_init"), device):
         student = build_model(cfg.student.arch, C, in_channels=in_ch).to(device)
+    if cfg.student.checkpoint:  # pretrained start (every arm of a study gets the same)
+        load_pretrained(student, cfg.student.checkpoint)
     train_loader = BatchLoader(
         data.train,
         data.preset,
