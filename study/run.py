@@ -488,14 +488,15 @@ def secure_ray_env(address: str | None) -> str | None:
     fresh random token for this driver only (in the environment its processes inherit;
     never written to disk). A cluster (``--address``) needs the cluster's token:
     ``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``.
-    ``RAY_AUTH_MODE=disabled`` is obeyed, with a warning line. Returns an error line when
-    a cluster needs a token and none is available (checked before anything starts).
+    A user who sets the mode to "disabled" is obeyed, with a warning line. Returns an error
+    line when a cluster needs a token and none is available (checked before anything
+    starts).
     """
     env = os.environ
     mode = env.setdefault("RAY_AUTH_MODE", "token").lower()
     if mode == "disabled":
         print(
-            "warning: RAY_AUTH_MODE=disabled: Ray token authentication is OFF; anyone who "
+            "warning: Ray token authentication is OFF (the environment sets it so); anyone who "
             "can reach this machine's Ray ports can run code as you",
             file=sys.stderr,
         )
