@@ -229,13 +229,7 @@ def child(name: str, B: int, C: int, repeats: int, what: str) -> None:
     torch.set_num_threads(1)
     job = _job(name, B, C)
     if what == "time":
-        job()  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.process_time()
-            job()
-            best = min(best, time.process_time() - t0)
-        print(json.dumps({"ms": best * 1e3}))
+        print(json.dumps({"ms": _best_ms(job, repeats)}))
         return
     rss0 = _status_mb("VmRSS")
     job()  # warm-up: pages in code, lazy initialisation

@@ -255,19 +255,10 @@ def print_table(rows: list[Row], label: str, n_cfg: int, seeds: Sequence[int], e
 
 # -- the grid (bench_search's functions) ---------------------------------------------------
 def grid_args(space: Path) -> argparse.Namespace:
-    """bench_search's default command line (full run) for ``make_plan``."""
-    raw = yaml.safe_load(space.read_text())
-    return argparse.Namespace(
-        quick=False,
-        epochs=8,
-        seeds=3,
-        max_per_class=400,
-        val_fraction=0.5,
-        teacher_epochs=15,
-        grace=None,
-        repeats=int(raw.get("repeats", 1)),
-        study_seed_offset=0,
-    )
+    """bench_search's default command line (its full run) for ``make_plan``."""
+    args = bs.build_parser().parse_args(["--space", str(space)])
+    args.repeats = int(yaml.safe_load(space.read_text()).get("repeats", 1))  # as main does
+    return args
 
 
 def run_grid(space: Path, root: Path, teachers: Path | None) -> tuple[Path, bs.Plan]:

@@ -550,7 +550,9 @@ def single_seed_grid_picks(rows: list[GridRow], seeds: tuple[int, ...]) -> list[
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (its defaults are the benchmark's protocol; bench_objective.py
+    reuses them)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, help="default: <tmp>/kdstudy-bench-search")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 configs, 2 epochs, 1 seed")
@@ -598,6 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="teacher registry to reuse (default: <workdir>/teachers-val<f>-n<max per class>)",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     global SPACE
     SPACE = args.space.resolve()
