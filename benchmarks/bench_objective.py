@@ -272,7 +272,7 @@ def run_grid(space: Path, root: Path, teachers: Path | None) -> tuple[Path, bs.P
     run_dir.mkdir(parents=True)
     task = bs.resolve_task(root)
     raw = yaml.safe_load(space.read_text())
-    grace = float((raw.get("scheduler") or {}).get("grace_period", 0.25))
+    grace = float((raw.get("trial_scheduler") or {}).get("grace_period", 0.25))
     plan = bs.make_plan(grid_args(space), cifar=task.dataset != "digits", space_grace=grace)
     val_fraction = plan.val_fraction or float(raw["trial"]["data"]["val_fraction"])
     teachers_dir = (
@@ -300,7 +300,7 @@ def run_grid(space: Path, root: Path, teachers: Path | None) -> tuple[Path, bs.P
                 "seed": {"type": "categorical", "values": list(plan.seeds)},
             },
             "searcher": {"kind": "grid"},
-            "scheduler": {"kind": "fifo"},
+            "trial_scheduler": {"kind": "fifo"},
             "repeats": 1,
         },
     )

@@ -11,7 +11,7 @@ What runs (each a real ``study/run.py`` subprocess, ``--skip-baselines --quiet``
 1. the teacher (``cnn_large``) is trained once into a registry under the work dir
    (cosine, ``--teacher-epochs``; the study's ``--train-teacher`` would use the
    240-epoch CIFAR recipe of methods.md §9, far too long for a benchmark);
-2. the grid: one study with ``searcher: grid``, ``scheduler: fifo`` over the space of
+2. the grid: one study with ``searcher: grid``, ``trial_scheduler: fifo`` over the space of
    ``benchmarks/spaces/search_wkl_grid.yaml`` with the trial seed added as a grid
    axis (``seed: [0, 1, 2]``), so every configuration is trained once per seed in one
    Ray session; its mean top-1 per configuration over seeds is the reference ranking;
@@ -220,7 +220,7 @@ def ensure_teacher(task: Task, plan: Plan, teachers_dir: Path, val_fraction: flo
         split_seed=0,
         max_per_class=plan.max_per_class,
         epochs=plan.teacher_epochs,
-        schedule="cosine",
+        lr_schedule="cosine",
         device="cuda" if torch.cuda.is_available() else "cpu",
     )
     return float(info.val_top1 or math.nan)
@@ -319,9 +319,9 @@ def grid_table(trials: list[dict[str, Any]], seeds: tuple[int, ...]) -> list[Gri
 def asha_rungs(epochs: int, grace_period: float, reduction_factor: float) -> list[int]:
     """Milestones of Ray's ASHA (grace * rf^k < max_t), then max_t: the study's own rungs."""
     from study.space import asha_milestones
-    from study.spec import SchedulerSpec
+    from study.spec import TrialSchedulerSpec
 
-    grace = SchedulerSpec(grace_period=grace_period).grace_epochs(epochs)
+    grace = TrialSchedulerSpec(grace_period=grace_period).grace_epochs(epochs)
     return [*asha_milestones(epochs, grace, reduction_factor), epochs]
 
 
@@ -524,7 +524,7 @@ def short_run_fidelity(
         "trial": {**trial_overlay, "epochs": epochs},
         "search": {"seed": {"type": "categorical", "values": [0]}},
         "searcher": {"kind": "grid"},
-        "scheduler": {"kind": "fifo"},
+        "trial_scheduler": {"kind": "fifo"},
         "repeats": 1,
     }
     storage = run_dir / f"short{epochs}"
@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True)
     task = resolve_task(root)
     base_raw = yaml.safe_load(SPACE.read_text())
-    space_grace = float((base_raw.get("scheduler") or {}).get("grace_period", 0.25))
+    space_grace = float((base_raw.get("trial_scheduler") or {}).get("grace_period", 0.25))
     if args.repeats is None:
         args.repeats = int(base_raw.get("repeats", 1))
     if not 1 <= args.repeats <= args.seeds:
@@ -652,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             "trial": trial_overlay,
             "search": grid_search,
             "searcher": {"kind": "grid"},
-            "scheduler": {"kind": "fifo"},
+            "trial_scheduler": {"kind": "fifo"},
             "repeats": 1,  # the seed is a grid axis
         },
     )
@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
             "trial": trial_overlay,
             "search": plan.search_overlay,
             "searcher": {"kind": "tpe", "seed": s},
-            "scheduler": {
+            "trial_scheduler": {
                 "kind": "asha",
                 "grace_period": plan.grace_period,
                 "reduction_factor": plan.reduction_factor,

@@ -26,13 +26,16 @@ from typing import Any
 
 from ray.tune import Callback
 
+from study.describe import CONFIG_TAG
 from study.integrity import sign_staged_state
+from study.interrupts import STOP
 from study.mlflow_sanitize import is_metric_value
 from study.tracking import STEP_KEY, StudyTracker
 
 logger = logging.getLogger(__name__)
 
-#: ``describe(trial_config) -> (run_name, params, tags)``, supplied by the driver.
+#: ``describe(trial_config) -> (run_name, params, tags)``, supplied by the driver. The tag
+#: ``CONFIG_TAG``, when present, is not a tag: it is logged as the run's ``config.json``.
 Describe = Callable[[dict[str, Any]], tuple[str, dict[str, Any], dict[str, str]]]
 
 #: Ray's bookkeeping entries of a result that are not metrics of the trial. ``training_iteration``
@@ -174,7 +177,11 @@ class MLflowStudyCallback(Callback):
 
     def _ensure_run(self, trial: Any) -> None:
         run_name, params, tags = self._describe(dict(trial.config))
+        config_json = tags.pop(CONFIG_TAG, None)
         self._tracker.trial_run(trial.trial_id, run_name=run_name, params=params, tags=tags)
+        if config_json is not None and trial.trial_id not in self._open:
+            # the whole resolved config beside the run's params (which hold the active values)
+            self._tracker.log_trial_text(trial.trial_id, "config.json", config_json)
         self._open.add(trial.trial_id)
 
     def _log_result(self, trial: Any, result: dict[str, Any]) -> None:
@@ -230,6 +237,9 @@ class MLflowStudyCallback(Callback):
         for trial in trials:
             if trial.trial_id in self._open:
                 status = _END_STATUS.get(str(trial.status), "KILLED")
+                if STOP.interrupted and status == "FINISHED":
+                    # Ray marks the trials it stops on a signal TERMINATED: cut short, not done
+                    status = "KILLED"
                 self._tracker.close_trial(trial.trial_id, status)
                 self._open.discard(trial.trial_id)
         self._tracker.flush_outbox()

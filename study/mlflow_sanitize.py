@@ -65,7 +65,7 @@ def is_metric_value(value: Any) -> bool:
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten a nested mapping into MLflow parameters ``{"a.b.c": "value"}``.
 
-    Keys are joined with ``.`` (the config subtree ``kd: {alpha: 0.5}`` becomes ``kd.alpha``,
+    Keys are joined with ``.`` (the config subtree ``kd: {weight: 0.9}`` becomes ``kd.weight``,
     one name per concept, ARCHITECTURE.md) by the project's one flattener,
     ``trainables.config.flatten``; an empty subtree yields no parameter. Values are stringified
     (lists/tuples as JSON so they read the same as in the YAML). Values are NOT truncated here

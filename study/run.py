@@ -4,17 +4,20 @@ Order of work (nothing half-done on bad input): validate the spec (exit 2, no
 Ray, no run, no file written) -> study directory -> teacher and cost matrix on
 the driver -> MLflow experiment + parent run (the driver is the only writer) ->
 Ray -> baselines (each seed) -> the search -> leaderboard and the MLflow UI
-command. Exit codes: 0 done, 2 bad input, 1 failure.
+command. Exit codes: 0 done, 2 bad input, 1 failure (also: MLflow writes left
+undelivered), 130/143 interrupted by SIGINT/SIGTERM (``--resume`` continues).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -26,11 +29,19 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from study.interrupts import STOP, StudyInterrupted
+from study.ray_phases import ray_address, run_tuners
+from study.resources import ResourceUnavailable
 from study.spec import SpecError, StudySpec, load_spec
-from trainables.config import ConfigError, TrialConfig, flatten, resolve_trial
+from trainables.config import ConfigError, TrialConfig
+from trainables.fsutil import atomic_write_text
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 REPO = Path(__file__).resolve().parents[1]
+#: the study's durable queue of MLflow writes (study/outbox.py), in the study directory
+OUTBOX = "mlflow_outbox.jsonl"
+#: how long the end of a study retries an unreachable MLflow before it gives up (seconds)
+MLFLOW_WAIT_ENV = "KDSTUDY_MLFLOW_WAIT_S"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "SQLite store in the study directory)",
     )
     p.add_argument("--experiment", help="MLflow experiment name (default: the study name)")
+    p.add_argument(
+        "--optuna-storage",
+        help="Optuna's record of the search, an RDB URL (default: sqlite in the study "
+        "directory, optuna.db); for optuna-dashboard and the report's importances",
+    )
     p.add_argument("--resume", action="store_true", help="continue the study in --storage")
     p.add_argument("--dry-run", action="store_true", help="validate and print; start nothing")
     p.add_argument("--seed", type=int, help="searcher seed (overrides searcher.seed)")
@@ -65,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="allow training a missing teacher on a non-embedded dataset",
     )
     p.add_argument("--skip-baselines", action="store_true", help="run the search only")
+    p.add_argument(
+        "--skip-final",
+        action="store_true",
+        help="stop after the search (no final runs on the test set; study/final.py runs them)",
+    )
     p.add_argument("--quiet", action="store_true", help="only the final leaderboard")
     p.add_argument(
         "--verbose",
@@ -75,6 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     # first, before anything imports Ray: Ray reads its auth mode once, at import
     auth_error = secure_ray_env(ray_address(args))
@@ -121,6 +143,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{spec.epochs} epochs each, up to {spec.concurrency} at once, "
             f"{spec.resources['cpu']:g} CPU + {spec.resources['gpu']:g} GPU per trial"
         )
+        n_arms = (spec.final.top_k if n_trials else 0) + (
+            0 if args.skip_baselines else len(spec.baselines)
+        )
+        print(
+            "then "
+            + (
+                "no final runs (--skip-final)"
+                if args.skip_final
+                else f"{n_arms * len(spec.final.seeds)} final run(s) ({n_arms} arms x fresh "
+                f"seeds {list(spec.final.seeds)}, full training set, evaluated on the test split)"
+            )
+        )
         return EXIT_OK
     storage = Path(args.storage or Path("studies") / spec.name).resolve()
     marker = storage / "study.json"
@@ -133,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"--storage: a study already exists at {storage} "
                 "(pass --resume to continue it, or choose another --storage)"
             )
+        # a resumed study keeps its MLflow store and teacher registry unless told otherwise
+        args.tracking_uri = args.tracking_uri or old.get("tracking_uri")
+        args.experiment = args.experiment or old.get("experiment")
+        args.teachers_dir = args.teachers_dir or old.get("teachers_dir")
+        args.optuna_storage = args.optuna_storage or old.get("optuna_storage")
         if old.get("spec_hash") != spec.spec_hash():
             return bad_input(
                 f"--resume: {args.space} differs from the spec this study was "
@@ -149,11 +188,53 @@ def main(argv: list[str] | None = None) -> int:
                 verify(exp_dir, state_key)
         except IntegrityError as exc:
             return bad_input(f"--resume: {exc}")
+    # what finishes this study (an interruption, undelivered MLflow writes name it)
+    args.resume_command = resume_command(argv, storage)
+    STOP.install()  # Ctrl-C / SIGTERM: stop within seconds, resumable (study/interrupts.py)
     try:
         return run_study(spec, args, storage, n_trials)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: resume with --resume --storage {storage}", file=sys.stderr)
-        return EXIT_FAIL
+    except (StudyInterrupted, KeyboardInterrupt) as exc:
+        # the cut runs are KILLED in MLflow; no leaderboard or report claims them
+        code = exc.exit_code if isinstance(exc, StudyInterrupted) else 128 + signal.SIGINT
+        name = signal.Signals(code - 128).name
+        if marker.is_file():
+            what = f"the study stopped; resume it with: {args.resume_command}"
+        else:  # stopped before the study existed (e.g. training the teacher)
+            what = f"nothing started; run it again with: {resume_command(argv, storage, False)}"
+        print(f"\ninterrupted ({name}): {what}", file=sys.stderr)
+        return code
+    except ResourceUnavailable as exc:  # no MLflow run stays RUNNING (run_study ends them)
+        return bad_input(str(exc))
+    finally:
+        STOP.restore()
+
+
+def resume_command(argv: list[str], storage: Path, resume: bool = True) -> str:
+    """The command line that continues this study: the same arguments (a changed
+    --num-samples/--max-epochs/--seed would be refused), its --storage, and --resume."""
+    import shlex
+
+    prog = sys.argv[0] if sys.argv and sys.argv[0].endswith("run.py") else "study/run.py"
+    rest = [a for a in argv if a != "--resume"]
+    if not any(a == "--storage" or a.startswith("--storage=") for a in rest):
+        rest += ["--storage", str(storage)]
+    return shlex.join(["python", prog, *rest, *(["--resume"] if resume else [])])
+
+
+def optuna_url(args: argparse.Namespace, storage: Path) -> str:
+    from study.space import OPTUNA_DB
+
+    return str(args.optuna_storage or f"sqlite:///{storage / OPTUNA_DB}")
+
+
+def _without_userinfo(uri: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if not (parts.username or parts.password):
+        return uri  # unchanged (urlunsplit would rewrite sqlite://// paths)
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{parts.hostname or ''}{port}"))
 
 
 def bad_input(msg: str) -> int:
@@ -216,7 +297,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     cost_cfg = trial.get("cost") or {}
     # nothing is written outside the study directory unless the user names the registry
     teachers_dir = Path(args.teachers_dir or storage / "teachers").resolve()
-    say(f"[1/4] teacher {typed.teacher.arch} on {dataset} (registry {teachers_dir})")
+    say(f"[1/5] teacher {typed.teacher.arch} on {dataset} (registry {teachers_dir})")
     t0 = time.time()
     try:
         tc = ensure_teacher_and_cost(
@@ -249,7 +330,8 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     acc = tc.teacher.val_top1
     say(
         f"      {'trained' if tc.teacher.trained else 'reused'} {tc.teacher.ckpt_path.name} "
-        f"(val top-1 {acc if acc is None else f'{acc:.2f}'}) in {time.time() - t0:.1f}s"
+        f"({'external checkpoint' if acc is None else f'val top-1 {100 * acc:.2f}%'}) "
+        f"in {time.time() - t0:.1f}s"
         + (f"; cost matrix {'cache hit' if tc.cost.cache_hit else 'built'}" if tc.cost else "")
     )
 
@@ -261,9 +343,15 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
             "space": str(Path(args.space).resolve()),
             "study_id": study_id,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            # what --resume, study/final.py and study/report.py find the study's records by
+            # (no credentials: MLflow reads those from its environment variables)
+            "tracking_uri": args.tracking_uri and _without_userinfo(args.tracking_uri),
+            "experiment": args.experiment or spec.name,
+            "teachers_dir": str(teachers_dir),
+            "optuna_storage": _without_userinfo(optuna_url(args, storage)),
         }
-        (storage / "spec.json").write_text(json.dumps(spec.raw, indent=1, default=str))
-        (storage / "study.json").write_text(json.dumps(meta, indent=1))
+        atomic_write_text(storage / "spec.json", json.dumps(spec.raw, indent=1, default=str))
+        atomic_write_text(storage / "study.json", json.dumps(meta, indent=1))
 
     resolved = dict(trial)
     resolved["teacher"] = {**trial["teacher"], "checkpoint": str(tc.teacher.ckpt_path)}
@@ -295,10 +383,39 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         "git_sha": git_sha(),
         "spec_hash": spec.spec_hash(),
         "study_id": study_id,
-        **{f"version/{k}": v for k, v in package_versions().items()},
-        **tc.provenance(),
-        "data/fingerprint": str(tc.teacher.meta.get("data_fingerprint", "")),
+        **{f"version.{k}": v for k, v in package_versions().items()},
+        # one spelling per name in MLflow: dotted, like the trial config's keys
+        **{k.replace("/", "."): v for k, v in tc.provenance().items()},
+        "data.fingerprint": str(tc.teacher.meta.get("data_fingerprint", "")),
     }
+
+    from study.describe import describe_trial
+
+    # picklable (Ray stores the callbacks in tuner.pkl): a module function over plain data;
+    # the final runs' bases join ``bases`` when the search has ended
+    describe = functools.partial(describe_trial, spec, bases, provenance, str(storage))
+
+    def plan_final(done: list[Any]) -> dict[str, dict[str, Any]]:
+        """The final runs, once the search has ended (``study/final.py``)."""
+        if args.skip_final:
+            return {}
+        from study.final import plan
+        from study.leaderboard import leaderboard
+
+        _, ranked = leaderboard(
+            done, spec.objective.reported_metric, spec.objective.mode, repeats=spec.repeats
+        )
+        _, final_bases = plan(
+            storage,
+            ranked,
+            bases,
+            family=str(bases["search"].get("family", spec.name)),
+            baselines=[] if args.skip_baselines else [b.name for b in spec.baselines],
+            top_k=spec.final.top_k,
+            seeds=list(spec.final.seeds),
+            tuning_seed=spec.seeds[0],
+        )
+        return final_bases
 
     # -- MLflow: experiment + parent run, before any trial exists ------------------------
     from study.tracking import StudyTracker
@@ -310,97 +427,132 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     experiment = args.experiment or spec.name
-    tracker = StudyTracker(
-        uri, experiment, study_id, outbox_path=str(storage / "mlflow_outbox.jsonl")
-    )
-    from study.space import startup_trials
-
-    tracker.open_study(
-        run_name=f"study:{spec.name}",
-        params={
-            "space": str(args.space),
-            "samples": spec.samples,
-            "epochs": spec.epochs,
-            "searcher": spec.searcher.kind,
-            "searcher.seed": spec.searcher.seed,
-            "searcher.startup_trials": startup_trials(spec),
-            "scheduler": spec.scheduler.kind,
-            "scheduler.grace_epochs": spec.scheduler.grace_epochs(spec.epochs),
-            "concurrency": spec.concurrency,
-            "seeds": spec.seeds,
-            "repeats": spec.repeats,
-            "objective": spec.objective.reported_metric,
-            **provenance,
-        },
-        tags={"role": "study", "study_name": spec.name, "git_sha": provenance["git_sha"]},
-        texts={
-            "spec.yaml": Path(args.space).read_text(),
-            "compiled.json": json.dumps(spec.compiled(), indent=1, default=str),
-        },
-    )
-    stale = tracker.close_stale_runs()
-    if stale:
-        say(f"      closed {len(stale)} run(s) left RUNNING by an earlier driver")
-
-    def describe(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
-        from study.report import config_group
-
-        resolved = resolve_trial(bases, config)
-        base_name, over, full, cfg = (
-            resolved.base,
-            resolved.overrides,
-            resolved.full,
-            resolved.config,
-        )
-        role = full.get("role", "trial")
-        family = str(full.get("family", spec.name))
-        name = base_name.replace(":", "-seed") if role == "baseline" else family
-        params = {k: v for k, v in flatten(full).items() if not k.startswith("output.")}
-        params["config_hash"] = cfg.config_hash()
-        params.update(
-            {k: v for k, v in provenance.items() if k.startswith(("version/", "teacher/"))}
-        )
-        params["data.fingerprint"] = provenance.get("data/fingerprint", "")
-        params["criterion"] = _criterion_formula(cfg)
-        tags = {
-            "role": role,
-            "family": family,
-            "seed": str(cfg.seed),
-            "losses": ",".join(sorted(t.loss for t in cfg.losses.values())),
-            "config_hash": cfg.config_hash(),
-            "git_sha": provenance["git_sha"],
-            "searched": ",".join(f"{k}={v}" for k, v in sorted(over.items()))[:4000],
-        }
-        if role == "trial":  # the seeds of one searched configuration share this tag
-            tags["config_group"] = config_group(over)
-        if role == "baseline":
-            tags["baseline"] = base_name.split(":")[0]
-        return name, params, tags
-
-    # -- Ray --------------------------------------------------------------------------
+    tracker = StudyTracker(uri, experiment, study_id, outbox_path=str(storage / OUTBOX))
     address = ray_address(args)
-    say("[2/4] starting Ray" + (f": cluster at {address}" if address else " (local)"))
-    try:
-        summaries = run_tuners(spec, args, storage, bases, tracker, describe, n_trials, say)
-    except BaseException:
-        # whatever stopped the driver (a Ray error, Ctrl-C), no MLflow run stays RUNNING:
-        # the parent and its open children end KILLED; --resume reopens the study
+    try:  # from the parent run on, no MLflow run outlives the driver RUNNING
+        from study.space import startup_trials
+
+        tracker.open_study(
+            run_name=f"study:{spec.name}",
+            params={
+                "space": str(args.space),
+                "samples": spec.samples,
+                "epochs": spec.epochs,
+                "searcher": spec.searcher.kind,
+                "searcher.seed": spec.searcher.seed,
+                "searcher.startup_trials": startup_trials(spec),
+                "trial_scheduler": spec.trial_scheduler.kind,
+                "trial_scheduler.grace_epochs": spec.trial_scheduler.grace_epochs(spec.epochs),
+                "concurrency": spec.concurrency,
+                "seeds": spec.seeds,
+                "repeats": spec.repeats,
+                "objective": spec.objective.reported_metric,
+                **provenance,
+            },
+            tags={"role": "study", "study_name": spec.name, "git_sha": provenance["git_sha"]},
+            texts={
+                "spec.yaml": Path(args.space).read_text(),
+                "compiled.json": json.dumps(spec.compiled(), indent=1, default=str),
+            },
+        )
+        stale = tracker.close_stale_runs()
+        if stale:
+            say(f"      closed {len(stale)} run(s) left RUNNING by an earlier driver")
+
+        # -- Ray ----------------------------------------------------------------------
+        say("[2/5] starting Ray" + (f": cluster at {address}" if address else " (local)"))
+        summaries = run_tuners(
+            spec, args, storage, bases, tracker, describe, n_trials, say, plan_final
+        )
+        table, ok = record_results(spec, storage, tracker, summaries, n_trials)
+    except BaseException as exc:
+        # whatever stopped the driver (a crash here or in Ray, Ctrl-C, SIGTERM), no MLflow
+        # run stays RUNNING: the parent ends FAILED (a crash) or KILLED, its open children
+        # KILLED; --resume reopens the study
         with contextlib.suppress(Exception):
-            tracker.finish_study("KILLED")
+            tracker.finish_study("FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
-    from study.report import leaderboard
+    print()
+    print(table)
+    print()
+    delivered = deliver_outbox(tracker)
+    from study.report import build as build_report
+
+    try:  # the claims: final runs on the test split, paired statistics, figures, HTML
+        build_report(storage, log_to_mlflow=True)
+    except Exception as exc:  # a report problem never costs the study: it can be redone
+        print(
+            f"warning: report not written ({type(exc).__name__}: {exc}); "
+            f"retry with: python study/report.py --study {storage}",
+            file=sys.stderr,
+        )
+    from study.describe import ui_view
+
+    has_final = any(s.role == "final" for s in summaries)
+    view = ui_view(tracker.experiment_id, final=has_final, metric=spec.objective.reported_metric)
+    if uri.startswith("sqlite:"):
+        print(
+            f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
+            f"           then open http://127.0.0.1:5000/{view}  (experiment '{experiment}')"
+        )
+    else:
+        print(f"MLflow UI: {uri.rstrip('/')}/{view}  (experiment '{experiment}')")
+    print(f"study directory: {storage}")
+    if not delivered:  # never a success with records missing from MLflow
+        print(
+            f"error: MLflow at {_without_userinfo(tracker.tracking_uri)} unreachable: "
+            f"{tracker.pending_operations()} write(s) of this study wait in {storage / OUTBOX}; "
+            f"when it is back, deliver them with: {args.resume_command}",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def deliver_outbox(tracker: Any) -> bool:
+    """Land the writes queued during an MLflow outage, retrying for up to
+    ``$KDSTUDY_MLFLOW_WAIT_S`` seconds (default 60); True when none is left."""
+    if tracker.flush_outbox():
+        return True
+    wait_s = float(os.environ.get(MLFLOW_WAIT_ENV) or 60.0)
+    print(
+        f"MLflow unreachable: {tracker.pending_operations()} write(s) queued; retrying for up "
+        f"to {wait_s:g} s (${MLFLOW_WAIT_ENV})",
+        file=sys.stderr,
+    )
+    deadline = time.monotonic() + wait_s
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(5.0, left))
+        if tracker.flush_outbox():
+            print("MLflow reachable again: every write delivered", file=sys.stderr)
+            return True
+    return False
+
+
+def record_results(
+    spec: StudySpec, storage: Path, tracker: Any, summaries: list[Any], n_trials: int
+) -> tuple[str, bool]:
+    """The leaderboard files and the parent run's summary; ends the parent run. Returns the
+    leaderboard text and whether the search produced a result."""
+    from study.leaderboard import leaderboard
 
     table, summary = leaderboard(
         summaries, spec.objective.reported_metric, spec.objective.mode, repeats=spec.repeats
     )
-    (storage / "leaderboard.txt").write_text(table + "\n")
-    (storage / "leaderboard.json").write_text(json.dumps(summary, indent=1, default=str))
+    atomic_write_text(storage / "leaderboard.txt", table + "\n")
+    atomic_write_text(storage / "leaderboard.json", json.dumps(summary, indent=1, default=str))
+    # every trial of every phase, for the report (study/report.py)
+    atomic_write_text(
+        storage / "trials.json",
+        json.dumps([s.to_dict() for s in summaries], indent=1, default=str),
+    )
     best = summary["searched"][0] if summary["searched"] else None
     ok = best is not None or n_trials == 0
-    metrics = {"best/value": best["value"]} if best and best["value"] is not None else {}
+    # tuning numbers (validation split); the final ones are logged by the report
+    metrics = {"tuning/best": best["value"]} if best and best["value"] is not None else {}
     for name, info in summary["baselines"].items():
         if info["n"]:
-            metrics[f"baseline/{name}/mean"] = info["mean"]
+            metrics[f"tuning/{name}"] = info["mean"]
     tracker.finish_study(
         "FINISHED" if ok else "FAILED",
         metrics=metrics,
@@ -410,73 +562,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         texts={"leaderboard.txt": table},
         known_trials=[s.trial_id for s in summaries],
     )
-    print()
-    print(table)
-    print()
-    if uri.startswith("sqlite:"):
-        print(
-            f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000   "
-            f"(experiment '{experiment}')"
-        )
-    else:
-        print(f"MLflow UI: {uri}  (experiment '{experiment}')")
-    print(f"study directory: {storage}")
-    return EXIT_OK if ok else EXIT_FAIL
-
-
-def ray_address(args: argparse.Namespace) -> str | None:
-    """The cluster to join: ``--address``, else ``RAY_ADDRESS`` (set by ``ray job submit``),
-    else None: a private local instance."""
-    return args.address or os.environ.get("RAY_ADDRESS") or None
-
-
-def start_ray(address: str | None) -> None:
-    """Join ``address`` or start a private local Ray (after :func:`secure_ray_env`)."""
-    import ray
-
-    env = os.environ
-    env.setdefault("RAY_DEDUP_LOGS", "1")
-    # num_to_keep forces experiment snapshots; frequent with short epochs, harmless
-    env.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    env.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ray's default loggers write CSV, JSON and TensorBoard files for every result; MLflow is
-    # the record here, so only result.json is kept (Result.metrics_dataframe reads it)
-    env.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # "local": always a private instance. Without it Ray attaches to any cluster a
-        # `ray start` left on this machine (its address file under /tmp/ray), and a study
-        # would silently share another user's cluster.
-        ray.init(
-            address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
-
-
-def route_ray_logs(storage: Path, *, verbose: bool) -> Path:
-    """Ray Tune's own messages (a failed trial's full traceback, warnings) go to
-    ``<storage>/study.log``; the console keeps the study's one line per trial. With
-    ``verbose`` they go to both."""
-    import logging
-
-    log_file = storage / "study.log"
-    handler = logging.FileHandler(log_file)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("ray.tune", "ray.train", "ray.air"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.propagate = verbose
-    return log_file
-
-
-def _progress_label(config: dict[str, Any]) -> str:
-    """``kd seed 1`` for a baseline; nothing extra for a searched trial (its id)."""
-    base = str(config.get("base", "search"))
-    if base == "search":
-        return ""
-    name, _, seed = base.partition(":")
-    return f"{name} seed {seed}" if seed else name
+    return table, ok
 
 
 def secure_ray_env(address: str | None) -> str | None:
@@ -517,170 +603,6 @@ def secure_ray_env(address: str | None) -> str | None:
             "~/.ray/auth_token)"
         )
     return None
-
-
-def _criterion_formula(cfg: TrialConfig) -> str:
-    from trainables.loop import build_criterion
-
-    with contextlib.suppress(Exception):
-        import torch
-
-        cost = None
-        if cfg.cost.path:
-            cost = torch.load(cfg.cost.path, map_location="cpu", weights_only=True)
-        return build_criterion(cfg, cost).describe()[:500]
-    return ""
-
-
-def run_tuners(
-    spec: StudySpec,
-    args: argparse.Namespace,
-    storage: Path,
-    bases: dict[str, dict[str, Any]],
-    tracker: Any,
-    describe: Any,
-    n_trials: int,
-    say: Any,
-) -> list[Any]:
-    import ray
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    from study.callbacks import MLflowStudyCallback, StateSigningCallback
-    from study.integrity import load_key, sign
-    from study.progress import ProgressCallback
-    from study.space import build_scheduler, build_searcher, param_space
-    from trainables.trainable import trainable_with_resources
-
-    start_ray(ray_address(args))
-    epochs = spec.epochs
-    ray_dir = storage / "ray"
-    state_key = load_key(create=True)
-    log_file = route_ray_logs(storage, verbose=args.verbose)
-    res = spec.resources
-    summaries: list[Any] = []
-    try:
-        phases: list[tuple[str, dict[str, dict[str, Any]], Any, Any, dict[str, Any], int]] = []
-        if not args.skip_baselines and spec.baselines:
-            names = sorted(k for k in bases if k != "search")
-            phases.append(
-                (
-                    "baselines",
-                    {k: bases[k] for k in names},
-                    None,
-                    None,
-                    {"base": tune.grid_search(names)},
-                    1,
-                )
-            )
-        if n_trials:
-            searcher = build_searcher(spec, epochs)
-            phases.append(
-                (
-                    "search",
-                    {"search": bases["search"]},
-                    searcher,
-                    build_scheduler(spec, epochs),
-                    param_space(spec),
-                    1 if spec.searcher.kind == "grid" else spec.samples * spec.repeats,
-                )
-            )
-        for i, (name, phase_bases, searcher, scheduler, space, num_samples) in enumerate(phases):
-            total = len(phase_bases) if name == "baselines" else n_trials
-            say(
-                f"[{3 + i}/4] {name}: {total} trial(s), {epochs} epochs, "
-                f"{spec.concurrency} at a time"
-            )
-            trainable = trainable_with_resources(phase_bases, res["cpu"], res["gpu"])
-            callbacks = [
-                MLflowStudyCallback(
-                    tracker, describe, max_iterations=epochs, outputs_dir=str(storage / "trials")
-                ),
-                ProgressCallback(
-                    name,
-                    total,
-                    spec.objective.reported_metric,
-                    epochs,
-                    quiet=args.quiet,
-                    outputs_dir=str(storage / "trials"),
-                    log_file=str(log_file),
-                    label=_progress_label,
-                ),
-                JsonLoggerCallback(),
-                StateSigningCallback(state_key),  # last: it signs what Ray just saved
-            ]
-            run_config = tune.RunConfig(
-                name=name,
-                storage_path=str(ray_dir),
-                callbacks=callbacks,
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.num_to_keep),
-            )
-            exp_path = ray_dir / name
-            if args.resume and (exp_path / "tuner.pkl").exists():
-                tuner = tune.Tuner.restore(
-                    str(exp_path), trainable, resume_unfinished=True, resume_errored=True
-                )
-                reattach_callbacks(tuner, callbacks)
-            else:
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space=space,
-                    tune_config=tune.TuneConfig(
-                        search_alg=searcher,
-                        scheduler=scheduler,
-                        num_samples=num_samples,
-                        max_concurrent_trials=spec.concurrency if searcher is None else None,
-                        trial_name_creator=lambda t: t.trial_id,
-                        trial_dirname_creator=lambda t: t.trial_id,
-                        # reuse worker processes: a fresh one per trial costs seconds of
-                        # imports, as much as a short digits trial (bench_ray_overhead.py)
-                        reuse_actors=True,
-                    ),
-                    run_config=run_config,
-                )
-            # Ray wrote tuner.pkl while building the tuner: sign it at once
-            sign(exp_path, [exp_path / "tuner.pkl"], state_key)
-            grid = tuner.fit()
-            summaries += summarize(grid, name, spec, bases)
-    finally:
-        ray.shutdown()
-    return summaries
-
-
-def reattach_callbacks(tuner: Any, callbacks: list[Any]) -> None:
-    """Callbacks are not restored with a tuner and ``Tuner.restore`` takes no run config:
-    set ours on the restored one. Ray's private state, reached here only;
-    ``tests/test_private_apis.py`` fails if a Ray upgrade moves it."""
-    tuner._local_tuner._run_config.callbacks = callbacks
-
-
-def summarize(
-    grid: Any, phase: str, spec: StudySpec, bases: dict[str, dict[str, Any]]
-) -> list[Any]:
-    from study.report import TrialSummary
-
-    metric = spec.objective.reported_metric
-    out = []
-    for r in grid:
-        m = r.metrics or {}
-        resolved = resolve_trial(bases, r.config or {})
-        base, overrides, full = resolved.base, resolved.overrides, resolved.full
-        out.append(
-            TrialSummary(
-                trial_id=str(m.get("trial_id") or r.path.rstrip("/").split("/")[-1]),
-                role="baseline" if phase == "baselines" else "trial",
-                name=base.split(":")[0] if phase == "baselines" else str(full.get("family")),
-                seed=int(full.get("seed", 0)),
-                value=float(m[metric]) if metric in m else None,
-                epochs=int(m.get("training_iteration", 0)),
-                planned_epochs=spec.epochs,
-                status="ERROR" if r.error else "TERMINATED",
-                overrides=overrides,
-            )
-        )
-    return out
 
 
 if __name__ == "__main__":

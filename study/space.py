@@ -5,9 +5,9 @@
   does not nest (only ``/`` nests), and the trainable applies them as overrides.
 - ``grid_points(spec)``: the full grid (conditional parameters dropped where
   inactive, duplicates removed).
-- ``build_searcher`` / ``build_scheduler``: the Ray objects. Trials that a
-  scheduler stops early reach Optuna as PRUNED with their intermediate values
-  (``FidelityAwareOptunaSearch``), not as COMPLETE with a low-budget score
+- ``build_searcher`` / ``build_scheduler`` (the ``trial_scheduler:`` section): the Ray
+  objects. Trials that a trial scheduler stops early reach Optuna as PRUNED with their
+  intermediate values (``FidelityAwareOptunaSearch``), not as COMPLETE with a low-budget score
   (Ray's default).
 - Repeats (``repeats: k``): every searched configuration runs as ``k`` Ray trials, one
   per seed of ``spec.search_seeds``; Optuna sees one trial per configuration, told the
@@ -28,6 +28,10 @@ from ray.tune.search.optuna.optuna_search import OptunaTrialState
 
 from study.spec import Param, StudySpec
 from study.spec_checks import active_params, condition_holds
+
+#: Optuna's record of the search: its study name, and its default file in the study directory
+OPTUNA_STUDY = "search"
+OPTUNA_DB = "optuna.db"
 
 
 class DefineByRun:
@@ -273,12 +277,21 @@ def build_sampler(spec: StudySpec) -> Any:
     )
 
 
-def build_searcher(spec: StudySpec, full_budget: int) -> Any:
-    """The Tune search algorithm (None for grid and PBT: the variant generator is used)."""
+def build_searcher(spec: StudySpec, full_budget: int, storage_url: str | None = None) -> Any:
+    """The Tune search algorithm (None for grid and PBT: the variant generator is used).
+
+    With ``storage_url`` Optuna records its study there (SQLite in the study directory by
+    default, an RDB URL on clusters; the driver is its only writer), so ``optuna-dashboard``
+    and Optuna's importance evaluators work on the study (``study/report.py``)."""
     from ray.tune.search import ConcurrencyLimiter
 
-    if spec.searcher.kind == "grid" or spec.scheduler.kind == "pbt":
+    if spec.trial_scheduler.kind == "pbt" or spec.searcher.kind == "grid":
         return None
+    optuna_storage = None
+    if storage_url is not None:
+        import optuna
+
+        optuna_storage = optuna.storages.RDBStorage(storage_url)
 
     finite = all(p.type == "categorical" for p in spec.search)
     searcher = FidelityAwareOptunaSearch(
@@ -290,6 +303,8 @@ def build_searcher(spec: StudySpec, full_budget: int) -> Any:
         mode=spec.objective.mode,
         sampler=build_sampler(spec),
         points_to_evaluate=[dict(p) for p in spec.points] or None,
+        storage=optuna_storage,
+        study_name=OPTUNA_STUDY if optuna_storage is not None else None,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
 
@@ -345,7 +360,7 @@ class SeedGroupASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         import numpy as np
 
-        from study.report import config_group
+        from study.leaderboard import config_group
 
         group = config_group({k: v for k, v in trial.config.items() if k != "base"})
         if group in self._stopped:
@@ -382,7 +397,7 @@ def build_scheduler(spec: StudySpec, epochs: int) -> Any:
         PopulationBasedTraining,
     )
 
-    s = spec.scheduler
+    s = spec.trial_scheduler
     metric, mode = spec.objective.reported_metric, spec.objective.mode
     if s.kind == "asha" and spec.repeats > 1:
         return SeedGroupASHA(
@@ -447,6 +462,6 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
         if spec.repeats > 1:
             space["seed"] = tune.grid_search(spec.search_seeds)
         return space
-    if spec.scheduler.kind == "pbt":
+    if spec.trial_scheduler.kind == "pbt":
         return pbt_mutations(spec)
     return {}

@@ -9,7 +9,8 @@ A study file is data only (``yaml.safe_load``). Sections:
   same dotted names;
 - ``objective``: ``{metric, mode, use: best|last}``;
 - ``searcher``: ``{kind: tpe|random|grid, seed, startup_trials, multivariate}``;
-- ``scheduler``: ``{kind: fifo|asha|pbt|median, grace_period, reduction_factor, ...}``
+- ``trial_scheduler``: Ray's trial scheduler, ``{kind: fifo|asha|pbt|median, grace_period,
+  reduction_factor, ...}``
   with epoch positions as fractions of the planned epochs;
 - ``samples`` (searched configurations), ``concurrency``, ``resources: {cpu, gpu}``,
   ``seeds`` (baselines run under each), ``repeats`` (each searched configuration runs
@@ -22,6 +23,10 @@ A study file is data only (``yaml.safe_load``). Sections:
   the recipe's (``null`` deletes a term; required for a family without a recipe), its
   other keys override,
   ``failure: {max_failures}``, ``checkpoints: {num_to_keep}``;
+- ``final: {top_k, seeds}``: after the search, the best ``top_k`` searched
+  configurations and every baseline are re-trained on the full training set under
+  fresh ``seeds`` (never used while tuning; the same seeds for every arm, so the
+  comparison is paired) and evaluated once on the test set;
 - ``extends: other.yaml`` (relative to this file): deep-merged under this file;
   ``null`` deletes an inherited entry of ``search``, ``points`` or ``baselines``.
 
@@ -42,6 +47,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from study.final import FinalSpec, parse_final
 from trainables.config import (
     RECIPE_FAMILIES,
     ConfigError,
@@ -61,7 +67,7 @@ TOP_KEYS = (
     "points",
     "objective",
     "searcher",
-    "scheduler",
+    "trial_scheduler",
     "samples",
     "concurrency",
     "resources",
@@ -70,9 +76,10 @@ TOP_KEYS = (
     "baselines",
     "failure",
     "checkpoints",
+    "final",
 )
 SEARCHERS = ("tpe", "random", "grid")
-SCHEDULERS = ("fifo", "asha", "pbt", "median")
+TRIAL_SCHEDULERS = ("fifo", "asha", "pbt", "median")
 PARAM_TYPES = ("float", "int", "categorical")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -149,7 +156,7 @@ class SearcherSpec:
 
 
 @dataclass(frozen=True)
-class SchedulerSpec:
+class TrialSchedulerSpec:
     kind: str = "asha"
     grace_period: float = 0.25  # fraction of the planned epochs (first rung)
     reduction_factor: float = 2.0
@@ -192,7 +199,7 @@ class StudySpec:
     points: list[dict[str, Any]]
     objective: Objective
     searcher: SearcherSpec
-    scheduler: SchedulerSpec
+    trial_scheduler: TrialSchedulerSpec
     samples: int
     concurrency: int
     resources: dict[str, float]
@@ -202,6 +209,7 @@ class StudySpec:
     max_failures: int
     num_to_keep: int | None
     raw: dict[str, Any]
+    final: FinalSpec = field(default_factory=FinalSpec)
 
     @property
     def trial_config(self) -> TrialConfig:
@@ -262,8 +270,8 @@ class StudySpec:
             "points": self.points,
             "objective": vars(self.objective) | {"reported": self.objective.reported_metric},
             "searcher": vars(self.searcher),
-            "scheduler": vars(self.scheduler)
-            | {"grace_epochs": self.scheduler.grace_epochs(self.epochs)},
+            "trial_scheduler": vars(self.trial_scheduler)
+            | {"grace_epochs": self.trial_scheduler.grace_epochs(self.epochs)},
             "samples": self.samples,
             "concurrency": self.concurrency,
             "resources": self.resources,
@@ -273,6 +281,7 @@ class StudySpec:
             "baselines": [b.name for b in self.baselines],
             "baselines_note": BASELINE_NOTE,
             "baseline_recipes": {b.name: self.baseline_recipe(b) for b in self.baselines},
+            "final": vars(self.final) | {"seeds": list(self.final.seeds)},
         }
 
     def baseline_recipe(self, b: Baseline) -> dict[str, Any]:
@@ -281,7 +290,7 @@ class StudySpec:
         plain = cfg.to_dict()
         losses = {}
         for name, term in plain["losses"].items():
-            term["schedule"] = cfg.losses[name].schedule.describe()
+            term["weight_schedule"] = cfg.losses[name].weight_schedule.describe()
             losses[name] = term
         out = {"family": cfg.family, "optim": plain["optim"], "losses": losses}
         if cfg.handoff is not None:
@@ -385,20 +394,28 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
         err(
             "searcher.kind", f"{searcher.kind!r} is not allowed", f"allowed: {', '.join(SEARCHERS)}"
         )
-    scheduler = _dc(SchedulerSpec, raw.get("scheduler"), "scheduler", err)
-    if scheduler.kind not in SCHEDULERS:
+    trial_scheduler = _dc(TrialSchedulerSpec, raw.get("trial_scheduler"), "trial_scheduler", err)
+    if trial_scheduler.kind not in TRIAL_SCHEDULERS:
         err(
-            "scheduler.kind",
-            f"{scheduler.kind!r} is not allowed",
-            f"allowed: {', '.join(SCHEDULERS)}",
+            "trial_scheduler.kind",
+            f"{trial_scheduler.kind!r} is not allowed",
+            f"allowed: {', '.join(TRIAL_SCHEDULERS)}",
         )
-    if not 0 < scheduler.grace_period <= 1:
-        err("scheduler.grace_period", f"{scheduler.grace_period}", "a fraction of epochs in (0, 1]")
-    if scheduler.reduction_factor <= 1:
-        err("scheduler.reduction_factor", f"{scheduler.reduction_factor}", "must be > 1")
-    if scheduler.kind == "pbt" and searcher.kind != "random":
+    if not 0 < trial_scheduler.grace_period <= 1:
         err(
-            "scheduler.kind",
+            "trial_scheduler.grace_period",
+            f"{trial_scheduler.grace_period}",
+            "a fraction of epochs in (0, 1]",
+        )
+    if trial_scheduler.reduction_factor <= 1:
+        err(
+            "trial_scheduler.reduction_factor",
+            f"{trial_scheduler.reduction_factor}",
+            "must be > 1",
+        )
+    if trial_scheduler.kind == "pbt" and searcher.kind != "random":
+        err(
+            "trial_scheduler.kind",
             "pbt cannot be combined with a search algorithm",
             "use searcher.kind: random with pbt (Ray: PBT mutates, it does not search)",
         )
@@ -436,8 +453,12 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
             f"seeds {seeds[:repeats]}",
             "remove trial.seed, or set repeats: 1",
         )
-    if repeats > 1 and scheduler.kind == "pbt":
-        err("repeats", f"{repeats} with scheduler.kind: pbt", "repeats: 1 (PBT mutates trials)")
+    if repeats > 1 and trial_scheduler.kind == "pbt":
+        err(
+            "repeats",
+            f"{repeats} with trial_scheduler.kind: pbt",
+            "repeats: 1 (PBT mutates trials)",
+        )
     if repeats > 1 and any(p.name == "seed" for p in search):
         err("repeats", f"{repeats} with seed searched", "search the seed or repeat, not both")
     baselines = _parse_baselines(raw.get("baselines") or {}, trial, seeds, err)
@@ -449,7 +470,7 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
     # donors' checkpoints, so it keeps them all (platform.md: a deleted donor hung PBT).
     num_to_keep = ckpts.get("num_to_keep", "auto")
     if num_to_keep == "auto":
-        num_to_keep = None if scheduler.kind == "pbt" else 2
+        num_to_keep = None if trial_scheduler.kind == "pbt" else 2
     elif num_to_keep is not None:
         num_to_keep = _int(num_to_keep, "checkpoints.num_to_keep", err, minimum=1)
     name = raw.get("name") or path.stem
@@ -462,6 +483,7 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
             "letters, digits, '.', '_', '-'; starting with a "
             "letter or digit; at most 100 characters",
         )
+    final = parse_final(raw.get("final"), seeds, trial, search, err)
     spec = StudySpec(
         path=path.resolve(),
         name=str(name),
@@ -471,7 +493,7 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
         points=points,
         objective=objective,
         searcher=searcher,
-        scheduler=scheduler,
+        trial_scheduler=trial_scheduler,
         samples=samples,
         concurrency=concurrency,
         resources=res,
@@ -481,6 +503,7 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
         max_failures=max_failures,
         num_to_keep=num_to_keep,
         raw=raw,
+        final=final,
     )
     if searcher.kind == "grid":
         for p in search:

@@ -1,8 +1,8 @@
 """Checks a study runs on its search space before anything starts, and the helpers the
 space compiler shares with them (which parameters are active, the corners of a space).
 
-- ``check_fidelity``: a scheduler must not judge trials before they can differ (its first
-  rung after every warm-up and after the first epoch at which the searched schedules
+- ``check_fidelity``: a trial scheduler must not judge trials before they can differ (its first
+  rung after every warm-up and after the first epoch at which the searched weight schedules
   differ);
 - ``check_loss_families``: every loss family's own ``study_check`` on every corner.
 
@@ -19,14 +19,15 @@ from typing import Any, NoReturn
 from study.spec import _MISSING, Param, StudySpec
 from trainables.config import ConfigError, TrialConfig, get_path, with_overrides
 from trainables.losses import LOSSES
-from trainables.schedules import Schedule
+from trainables.schedules import WeightSchedule
 
 Err = Callable[..., NoReturn]
 
 
 def schedule_profile(cfg: TrialConfig) -> list[tuple[float, ...]]:
-    """Each term's schedule value at every epoch 1..E (what a scheduler could tell apart)."""
-    scheds: dict[str, Schedule] = cfg.schedules()
+    """Each term's weight-schedule value at every epoch 1..E (what a trial scheduler could
+    tell apart)."""
+    scheds: dict[str, WeightSchedule] = cfg.schedules()
     return [
         tuple(scheds[n].at(e / cfg.epochs) for n in sorted(scheds))
         for e in range(1, cfg.epochs + 1)
@@ -38,8 +39,8 @@ def warmup_end(cfg: TrialConfig) -> int:
     handoff_terms = {cfg.handoff.kl_term, cfg.handoff.w_term} if cfg.handoff else set()
     ends = [math.ceil(cfg.optim.warmup * cfg.epochs)]
     for name, t in cfg.losses.items():
-        if name not in handoff_terms and t.schedule.kind == "ramp_up":
-            ends.append(math.ceil(t.schedule.end * cfg.epochs))
+        if name not in handoff_terms and t.weight_schedule.kind == "ramp_up":
+            ends.append(math.ceil(t.weight_schedule.end * cfg.epochs))
     return max(ends)
 
 
@@ -84,8 +85,8 @@ def condition_holds(p: Param, chosen: dict[str, Any], trial: dict[str, Any]) -> 
 
 
 def check_fidelity(spec: StudySpec, epochs: int, err: Err) -> None:
-    """Refuse schedulers that would judge trials before they can differ (issue #4)."""
-    sch = spec.scheduler
+    """Refuse trial schedulers that would judge trials before they can differ (issue #4)."""
+    sch = spec.trial_scheduler
     if sch.kind in ("fifo", "pbt") or not spec.search:
         check_loss_families(
             [TrialConfig.from_dict(with_overrides(spec.trial, f)) for f in corner_samples(spec)],
@@ -102,7 +103,7 @@ def check_fidelity(spec: StudySpec, epochs: int, err: Err) -> None:
     warm = max(warmup_end(c) for c in configs)
     if rung <= warm:
         err(
-            "scheduler.grace_period",
+            "trial_scheduler.grace_period",
             f"first rung at epoch {rung} of {epochs} does not exceed the loss/LR warm-up "
             f"(ends at epoch {warm})",
             f"use grace_period > {warm / epochs:.3f}",
@@ -114,15 +115,15 @@ def check_fidelity(spec: StudySpec, epochs: int, err: Err) -> None:
         None,
     )
     searched_schedule = any(
-        p.name.startswith("handoff.") or ".schedule." in p.name for p in spec.search
+        p.name.startswith("handoff.") or ".weight_schedule." in p.name for p in spec.search
     )
     if searched_schedule and first_diff is not None and rung < first_diff:
         err(
-            "scheduler.grace_period",
-            f"the first rung (epoch {rung} of {epochs}) comes before the searched schedules can "
-            f"differ (epoch {first_diff}): {sch.kind} would stop trials on noise",
+            "trial_scheduler.grace_period",
+            f"the first rung (epoch {rung} of {epochs}) comes before the searched weight "
+            f"schedules can differ (epoch {first_diff}): {sch.kind} would stop trials on noise",
             f"use grace_period >= {first_diff / epochs:.3f}, widen the searched windows, "
-            "or scheduler.kind: fifo with fewer epochs",
+            "or trial_scheduler.kind: fifo with fewer epochs",
         )
 
 

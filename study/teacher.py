@@ -319,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="default: the dataset's recipe")
     p.add_argument("--lr", type=float, default=None, help="default: the dataset's recipe")
     p.add_argument("--batch-size", type=int, default=None, help="default: the dataset's recipe")
-    p.add_argument("--schedule", choices=("cosine", "multistep"), default=None)
+    p.add_argument("--lr-schedule", choices=("cosine", "multistep"), default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--split-seed", type=int, default=0)
@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "epochs": args.epochs,
         "lr": args.lr,
         "batch_size": args.batch_size,
-        "schedule": args.schedule,
+        "lr_schedule": args.lr_schedule,
         "seed": args.seed,
     }
     try:

@@ -38,7 +38,7 @@ EMBEDDED_DATASET = "digits"
 
 @dataclass(frozen=True)
 class TeacherRecipe:
-    """Optimiser and schedule of a teacher (methods.md §9 unless noted).
+    """Optimiser and LR schedule of a teacher (methods.md §9 unless noted).
 
     ``milestones`` are fractions of the planned epochs (150/240, 180/240, 210/240 of
     the CIFAR recipe) so that a short run keeps the recipe's shape.
@@ -47,7 +47,7 @@ class TeacherRecipe:
     epochs: int
     lr: float
     batch_size: int
-    schedule: Literal["cosine", "multistep"]
+    lr_schedule: Literal["cosine", "multistep"]
     momentum: float = 0.9  # methods.md §9
     weight_decay: float = 5e-4  # methods.md §9
     milestones: tuple[float, ...] = (150 / 240, 180 / 240, 210 / 240)  # methods.md §9
@@ -60,12 +60,12 @@ def default_recipe(dataset: str) -> TeacherRecipe:
     Every dataset except the embedded one follows the CIFAR-100 recipe of methods.md §9
     (240 epochs, batch 64, lr 0.05, × 0.1 at 150/180/210). The embedded ``digits`` set
     (1 797 images of 8×8) plateaus within a few dozen epochs, so it uses 30 epochs with a
-    cosine schedule, lr 0.05, batch 64 (our choice; measured for ``cnn_large``: 0.979
+    cosine LR schedule, lr 0.05, batch 64 (our choice; measured for ``cnn_large``: 0.979
     top-1 on the tuning validation split in 4 s on an idle 2-core CPU).
     """
     if dataset == EMBEDDED_DATASET:
-        return TeacherRecipe(epochs=30, lr=0.05, batch_size=64, schedule="cosine")
-    return TeacherRecipe(epochs=240, lr=0.05, batch_size=64, schedule="multistep")
+        return TeacherRecipe(epochs=30, lr=0.05, batch_size=64, lr_schedule="cosine")
+    return TeacherRecipe(epochs=240, lr=0.05, batch_size=64, lr_schedule="multistep")
 
 
 def _optim_dict(recipe: TeacherRecipe) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def _optim_dict(recipe: TeacherRecipe) -> dict[str, Any]:
         "momentum": recipe.momentum,
         "weight_decay": recipe.weight_decay,
         "nesterov": False,
-        "schedule": recipe.schedule,
+        "lr_schedule": recipe.lr_schedule,
         "milestones": list(recipe.milestones),
         "decay": recipe.lr_decay,
         "warmup": 0.0,
@@ -187,7 +187,7 @@ def fit_teacher(
     device: torch.device | str = "cpu",
     val_fraction: float = 0.1,
     split_seed: int = 0,
-    schedule: Literal["cosine", "multistep"] | None = None,
+    lr_schedule: Literal["cosine", "multistep"] | None = None,
     momentum: float | None = None,
     weight_decay: float | None = None,
     max_per_class: int | None = None,
@@ -196,8 +196,8 @@ def fit_teacher(
     """Train ``arch`` with cross-entropy on the tuning train split; return it and its meta.
 
     Recipe (methods.md §9): SGD momentum 0.9, weight decay 5e-4; lr and epochs from
-    :func:`default_recipe` unless given; ``multistep`` decays × 0.1 at 150/240, 180/240
-    and 210/240 of the planned epochs, ``cosine`` anneals per epoch. Each epoch's rate is
+    :func:`default_recipe` unless given; ``lr_schedule: multistep`` decays × 0.1 at 150/240,
+    180/240 and 210/240 of the planned epochs, ``cosine`` anneals per epoch. Each epoch's rate is
     :func:`trainables.loop.lr_at` of :func:`teacher_trial_config`. ``meta["val_top1"]``
     is the top-1 on the tuning split's validation images. ``seed`` drives initialisation
     and batch order through the trial loop's streams (``derive_seed(seed,
@@ -215,7 +215,7 @@ def fit_teacher(
         epochs=base.epochs if epochs is None else epochs,
         lr=base.lr if lr is None else lr,
         batch_size=base.batch_size if batch_size is None else batch_size,
-        schedule=base.schedule if schedule is None else schedule,
+        lr_schedule=base.lr_schedule if lr_schedule is None else lr_schedule,
         momentum=base.momentum if momentum is None else momentum,
         weight_decay=base.weight_decay if weight_decay is None else weight_decay,
     )
@@ -279,7 +279,7 @@ def fit_teacher(
         "epochs": recipe.epochs,
         "lr": recipe.lr,
         "batch_size": recipe.batch_size,
-        "schedule": recipe.schedule,
+        "lr_schedule": recipe.lr_schedule,
         "momentum": recipe.momentum,
         "weight_decay": recipe.weight_decay,
         "seed": seed,

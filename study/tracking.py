@@ -14,7 +14,8 @@ So here:
   ``set_experiment`` or environment variables -- so several studies (or tests) in one process
   do not interfere.
 * Runs are found again by tags, never by ids remembered in memory or checkpoints: the parent by
-  ``(study_id, role=study)``, a trial's child run by ``(study_id, role=trial, trial_id)``. That
+  ``(study_id, role=study)``, a trial's child run by ``(study_id, trial_id, role != study)``
+  (``role`` = trial | baseline | final; study/mlflow_ops.py applies every operation). That
   makes "one run per trial" hold across retries, ``Tuner.restore`` and driver restarts.
 * Results are keyed by ``(trial_id, step)``: a step already in the run's history of the step
   marker metric :data:`STEP_KEY` is skipped, so re-sent results (a restored trial replaying
@@ -32,52 +33,59 @@ This module must not import Ray (it is used by the driver, report scripts and te
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import requests
-from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
-from study.mlflow_sanitize import (
-    check_literal,
-    clean_metrics,
-    clip_params,
-    clip_tags,
-    flatten_params,
-    params_truncated,
-    str_map,
+from study.mlflow_ops import (
+    FULL_PARAMS_ARTIFACT,
+    ORPHAN_REASON,
+    ROLE_BASELINE,
+    ROLE_FINAL,
+    ROLE_STUDY,
+    ROLE_TRIAL,
+    RUN_ROLES,
+    STEP_KEY,
+    TAG_ORPHANED,
+    TAG_PARENT_RUN_ID,
+    TAG_ROLE,
+    TAG_STUDY_ID,
+    TAG_TRIAL_ID,
+    MlflowOps,
+    RunNotFoundError,
 )
+from study.mlflow_sanitize import check_literal, clean_metrics, flatten_params, str_map
 from study.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
-#: Metric logged with every result (value = step). Its history tells a restarted driver which
-#: steps of a run already landed. Same name as Ray's counter, the unit ASHA/PBT count in.
-STEP_KEY = "training_iteration"
-#: Tags identifying our runs (searchable in the MLflow UI as ``tags.study_id = '...'``).
-TAG_STUDY_ID = "study_id"
-TAG_ROLE = "run_kind"  # internal lookup key ("study" | "trial"); "role" is the caller's
-TAG_TRIAL_ID = "trial_id"
-ROLE_STUDY = "study"
-ROLE_TRIAL = "trial"
-TAG_ORPHANED = "orphaned"
-ORPHAN_REASON = (
-    "the driver was killed before Ray saved this trial; the resumed study does not contain it"
-)
-#: MLflow's own nesting tag (``mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID``); setting it at
-#: creation nests the child under the parent in the UI without any fluent ``start_run``.
-TAG_PARENT_RUN_ID = "mlflow.parentRunId"
-#: Text artifact holding the full parameters of a run when one value had to be truncated.
-FULL_PARAMS_ARTIFACT = "params_full.json"
+__all__ = [  # the names other modules import from here (defined in study/mlflow_ops.py)
+    "FULL_PARAMS_ARTIFACT",
+    "ORPHAN_REASON",
+    "ROLE_BASELINE",
+    "ROLE_FINAL",
+    "ROLE_STUDY",
+    "ROLE_TRIAL",
+    "RUN_ROLES",
+    "STEP_KEY",
+    "TAG_ORPHANED",
+    "TAG_PARENT_RUN_ID",
+    "TAG_ROLE",
+    "TAG_STUDY_ID",
+    "TAG_TRIAL_ID",
+    "TERMINAL_STATUSES",
+    "RunNotFoundError",
+    "StudyTracker",
+    "flatten_params",
+]
+
 TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 
 # HTTP statuses of MlflowException that mean "MLflow is up and rejected this request": retrying
@@ -86,12 +94,6 @@ TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 # locked" as TEMPORARILY_UNAVAILABLE = 503, rate limits = 429, auth = 401/403) is treated as an
 # outage: buffered, never lost.
 _PERMANENT_HTTP_STATUSES = frozenset({400, 404, 409})
-# search_runs page size (the SQL and REST stores accept up to 50000; 1000 keeps pages small).
-_SEARCH_PAGE = 1000
-
-
-class RunNotFoundError(LookupError):
-    """A trial has no child run (``trial_run`` was never called for it in this study)."""
 
 
 def _is_permanent(exc: BaseException) -> bool:
@@ -123,11 +125,6 @@ def _default_artifact_location(tracking_uri: str) -> str | None:
     if not db_path or db_path == ":memory:":
         return None
     return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class StudyTracker:
@@ -173,7 +170,7 @@ class StudyTracker:
         }
         self._init_runtime(experiment_id=None, parent_run_id=None)
         try:
-            self._ensure_experiment()
+            self._ops.ensure_experiment()
         except Exception as exc:
             if not _is_outage(exc):
                 raise
@@ -187,8 +184,8 @@ class StudyTracker:
     def __getstate__(self) -> dict[str, Any]:
         return {
             "config": dict(self._config),
-            "experiment_id": self._experiment_id,
-            "parent_run_id": self._parent_run_id,
+            "experiment_id": self._ops.experiment_id,
+            "parent_run_id": self._ops.parent_run_id,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -196,29 +193,33 @@ class StudyTracker:
         self._init_runtime(state["experiment_id"], state["parent_run_id"])
 
     def _init_runtime(self, experiment_id: str | None, parent_run_id: str | None) -> None:
-        self._client = MlflowClient(tracking_uri=self._config["tracking_uri"])
         self._study_id: str = self._config["study_id"]
+        self._warned: set[str] = set()
+        self._ops = MlflowOps(
+            self._config["tracking_uri"],
+            self._config["experiment_name"],
+            self._study_id,
+            artifact_location=self._config["artifact_location"],
+            warn_once=self._warn_once,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+        )
         self._outbox = Outbox(self._config["outbox_path"])
-        self._experiment_id = experiment_id
-        self._parent_run_id = parent_run_id
-        self._runs: dict[str, str] = {}  # trial_id -> run id (cache; truth is the tags)
-        self._steps: dict[str, set[int]] = {}  # trial_id -> steps confirmed in MLflow
         self._queued_steps: dict[str, set[int]] = {}  # trial_id -> steps waiting in the outbox
         self._in_outage = False
         self._last_failure = -math.inf
-        self._warned: set[str] = set()
 
     # -- properties ------------------------------------------------------------------------
 
     @property
     def parent_run_id(self) -> str | None:
         """Id of the study's parent run (``None`` until it exists in MLflow)."""
-        return self._parent_run_id
+        return self._ops.parent_run_id
 
     @property
     def experiment_id(self) -> str | None:
         """Id of the MLflow experiment (``None`` while MLflow was never reachable)."""
-        return self._experiment_id
+        return self._ops.experiment_id
 
     @property
     def study_id(self) -> str:
@@ -268,11 +269,17 @@ class StudyTracker:
     ) -> str | None:
         """Ensure the child run of one trial (nested under the parent) and mark it RUNNING.
 
-        The run is found by its tags ``(study_id, role=trial, trial_id)`` and reused if it
+        The run is found by its tags ``(study_id, trial_id, role != study)`` and reused if it
         exists -- exactly one run per trial across retries, ``Tuner.restore`` and driver
-        restarts -- else created with ``mlflow.parentRunId`` = the parent run. Params follow
-        the rules of :meth:`open_study`. Returns the run id, or ``None`` if queued (outage).
+        restarts -- else created with ``mlflow.parentRunId`` = the parent run. ``tags`` may set
+        ``role`` to one of :data:`RUN_ROLES` (default ``trial``). Params follow the rules of
+        :meth:`open_study`. Returns the run id, or ``None`` if queued (outage).
         """
+        role = tags.get(TAG_ROLE, ROLE_TRIAL)
+        if role not in RUN_ROLES:
+            raise ValueError(
+                f"{TAG_ROLE} of a trial's run must be one of {list(RUN_ROLES)}: {role!r}"
+            )
         record = {
             "op": "trial_run",
             "trial_id": check_literal("trial_id", trial_id),
@@ -295,7 +302,7 @@ class StudyTracker:
         """
         check_literal("trial_id", trial_id)
         step = int(step)
-        if step in self._queued_steps.get(trial_id, ()) or step in self._steps.get(trial_id, ()):
+        if step in self._queued_steps.get(trial_id, ()) or self._ops.step_logged(trial_id, step):
             return False
         clean = clean_metrics(metrics, self._warn_once)
         clean[STEP_KEY] = float(step)
@@ -368,9 +375,8 @@ class StudyTracker:
         if not self._flush(force=False):
             return closed
         try:
-            for run in self._search_runs(role=ROLE_TRIAL, status="RUNNING"):
-                self._client.set_terminated(run.info.run_id, "KILLED")
-                closed.append(run.info.run_id)
+            for run_id in self._ops.terminate_running_children("KILLED"):
+                closed.append(run_id)
         except Exception as exc:
             if not _is_outage(exc):
                 raise
@@ -427,6 +433,10 @@ class StudyTracker:
         """
         return self._flush(force=True)
 
+    def pending_operations(self) -> int:
+        """How many writes wait in the outbox (0 when everything reached MLflow)."""
+        return len(self._outbox.read()) if self._outbox.pending() else 0
+
     # -- outbox ----------------------------------------------------------------------------
 
     def _submit(self, record: dict[str, Any], on_queue: Callable[[], None] | None = None) -> Any:
@@ -435,7 +445,7 @@ class StudyTracker:
             self._queue(record, on_queue)
             return None
         try:
-            return self._apply(record)
+            return self._ops.apply(record)
         except Exception as exc:
             if _is_outage(exc):
                 self._note_failure(exc)
@@ -458,7 +468,7 @@ class StudyTracker:
         if not force and time.monotonic() - self._last_failure < self._config["retry_interval_s"]:
             return False
         replayed, outage = self._outbox.replay(
-            self._apply,
+            self._ops.apply,
             is_outage=_is_outage,
             is_permanent=_is_permanent,
             on_rejected=self._warn_dropped,
@@ -468,8 +478,7 @@ class StudyTracker:
             return False
         # Queued steps have either landed or been dropped; forget the confirmed-steps caches of
         # those trials so the next log_result reloads the truth from MLflow.
-        for trial_id in self._queued_steps:
-            self._steps.pop(trial_id, None)
+        self._ops.forget_steps(self._queued_steps)
         self._queued_steps.clear()
         if self._in_outage:
             logger.warning(
@@ -505,273 +514,3 @@ class StudyTracker:
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message, *args)
-
-    # -- operations (each idempotent; used live and by the outbox replay) -----------------
-
-    def _apply(self, record: dict[str, Any]) -> Any:
-        op = record["op"]
-        if op == "open_study":
-            return self._apply_open_study(record)
-        if op == "trial_run":
-            return self._apply_trial_run(record)
-        if op == "log_result":
-            return self._apply_log_result(record)
-        if op == "close_trial":
-            return self._apply_close_trial(record)
-        if op == "trial_text":
-            run_id = self._trial_run_id(record["trial_id"])
-            return self._client.log_text(run_id, record["text"], record["name"])
-        if op == "trial_artifact":
-            run_id = self._trial_run_id(record["trial_id"])
-            if not os.path.exists(record["local_path"]):
-                raise FileNotFoundError(record["local_path"])
-            if os.path.isdir(record["local_path"]):
-                return self._client.log_artifacts(
-                    run_id, record["local_path"], record["artifact_path"]
-                )
-            return self._client.log_artifact(run_id, record["local_path"], record["artifact_path"])
-        if op == "finish_study":
-            return self._apply_finish_study(record)
-        raise ValueError(f"unknown outbox operation {op!r}")
-
-    def _apply_open_study(self, record: dict[str, Any]) -> str:
-        experiment_id = self._ensure_experiment()
-        tags = {
-            "role": ROLE_STUDY,
-            **record["tags"],
-            TAG_STUDY_ID: self._study_id,
-            TAG_ROLE: ROLE_STUDY,
-        }
-        run_id = self._create_or_reopen(
-            self._find_run(role=ROLE_STUDY), experiment_id, record["run_name"], tags
-        )
-        self._log_params(run_id, record["params"], self._existing_params)
-        for name, text in record["texts"].items():
-            self._client.log_text(run_id, text, name)
-        self._parent_run_id = run_id
-        return run_id
-
-    def _apply_trial_run(self, record: dict[str, Any]) -> str:
-        trial_id = record["trial_id"]
-        parent_id = self._require_parent()
-        tags = {
-            "role": ROLE_TRIAL,  # the caller may say "baseline"
-            **record["tags"],
-            TAG_STUDY_ID: self._study_id,
-            TAG_ROLE: ROLE_TRIAL,
-            TAG_TRIAL_ID: trial_id,
-            TAG_PARENT_RUN_ID: parent_id,
-        }
-        cached = self._runs.get(trial_id)
-        run = self._client.get_run(cached) if cached else self._find_run(ROLE_TRIAL, trial_id)
-        run_id = self._create_or_reopen(run, self._ensure_experiment(), record["run_name"], tags)
-        self._log_params(run_id, record["params"], self._existing_params)
-        self._runs[trial_id] = run_id
-        return run_id
-
-    def _create_or_reopen(
-        self, run: Any, experiment_id: str, run_name: str, tags: dict[str, str]
-    ) -> str:
-        """Create the run, or set an existing one RUNNING again with refreshed tags.
-        Leaves its already-logged params in ``self._existing_params`` (params are immutable)."""
-        if run is None:
-            run = self._client.create_run(
-                experiment_id, run_name=run_name, tags=self._clip_tags(tags)
-            )
-            self._existing_params: dict[str, str] = {}
-            return run.info.run_id
-        self._existing_params = dict(run.data.params)
-        if run.info.status != "RUNNING":
-            self._client.update_run(run.info.run_id, status="RUNNING")
-        self._log_tags(run.info.run_id, tags)
-        return run.info.run_id
-
-    def _apply_log_result(self, record: dict[str, Any]) -> bool:
-        trial_id, step = record["trial_id"], int(record["step"])
-        run_id = self._trial_run_id(trial_id)
-        steps = self._logged_steps(trial_id, run_id)
-        if step in steps:
-            return False
-        metrics = [
-            Metric(key, float(value), int(record["timestamp"]), step)
-            for key, value in record["metrics"].items()
-            if key != STEP_KEY
-        ]
-        # The step marker goes last: if a >1000-metric result is split and fails midway, the
-        # step is not marked done and the replay re-sends it.
-        metrics.append(Metric(STEP_KEY, float(step), int(record["timestamp"]), step))
-        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-            self._client.log_batch(run_id, metrics=chunk, synchronous=True)
-        steps.add(step)
-        return True
-
-    def _apply_close_trial(self, record: dict[str, Any]) -> None:
-        run_id = self._trial_run_id(record["trial_id"])
-        if record["tags"]:
-            self._log_tags(run_id, record["tags"])
-        self._client.set_terminated(run_id, record["status"])
-
-    def _apply_finish_study(self, record: dict[str, Any]) -> None:
-        parent_id = self._require_parent()
-        if record["metrics"]:
-            metrics = [
-                Metric(k, float(v), int(record["timestamp"]), 0)
-                for k, v in record["metrics"].items()
-            ]
-            for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-                self._client.log_batch(parent_id, metrics=chunk, synchronous=True)
-        if record["tags"]:
-            self._log_tags(parent_id, record["tags"])
-        for name, text in record["texts"].items():
-            self._client.log_text(parent_id, text, name)
-        known = record.get("known_trials")
-        if known is not None:
-            self._retire_orphans(set(known))
-        child_status = "FINISHED" if record["status"] == "FINISHED" else "KILLED"
-        for run in self._search_runs(role=ROLE_TRIAL, status="RUNNING"):
-            self._client.set_terminated(run.info.run_id, child_status)
-        self._client.set_terminated(parent_id, record["status"])
-
-    def _retire_orphans(self, known: set[str]) -> None:
-        for run in self._search_runs(role=ROLE_TRIAL):
-            trial_id = run.data.tags.get(TAG_TRIAL_ID)
-            if trial_id in known:
-                continue
-            run_id = run.info.run_id
-            self._client.set_tag(run_id, TAG_ORPHANED, ORPHAN_REASON)
-            if run.info.status == "RUNNING":
-                self._client.set_terminated(run_id, "KILLED")
-            self._client.delete_run(run_id)
-            self._runs.pop(str(trial_id), None)
-            logger.warning(
-                "retired MLflow run %s of trial %s: not part of the finished study (%s)",
-                run_id,
-                trial_id,
-                ORPHAN_REASON,
-            )
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _ensure_experiment(self) -> str:
-        """Get or create the experiment; tolerate another process creating it concurrently."""
-        if self._experiment_id is not None:
-            return self._experiment_id
-        name = self._config["experiment_name"]
-        experiment = self._client.get_experiment_by_name(name)
-        if experiment is None:
-            try:
-                self._experiment_id = self._client.create_experiment(
-                    name, artifact_location=self._config["artifact_location"]
-                )
-                return self._experiment_id
-            except MlflowException:
-                # Lost the create race (RESOURCE_ALREADY_EXISTS): the winner's experiment is
-                # what we want. Anything else re-raises below when the get still finds nothing.
-                experiment = self._client.get_experiment_by_name(name)
-                if experiment is None:
-                    raise
-        if experiment.lifecycle_stage != "active":
-            raise ValueError(
-                f"MLflow experiment {name!r} is deleted; restore it or choose another name"
-            )
-        self._experiment_id = experiment.experiment_id
-        return self._experiment_id
-
-    def _search_runs(
-        self, role: str, trial_id: str | None = None, status: str | None = None
-    ) -> list[Run]:
-        """All active runs of this study with ``role`` (and ``trial_id``/``status``), oldest
-        first, following pagination."""
-        clauses = [f"tags.{TAG_STUDY_ID} = '{self._study_id}'", f"tags.{TAG_ROLE} = '{role}'"]
-        if trial_id is not None:
-            clauses.append(f"tags.{TAG_TRIAL_ID} = '{trial_id}'")
-        if status is not None:
-            clauses.append(f"attributes.status = '{status}'")
-        runs: list[Run] = []
-        token: str | None = None
-        while True:
-            page = self._client.search_runs(
-                [self._ensure_experiment()],
-                filter_string=" AND ".join(clauses),
-                run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=_SEARCH_PAGE,
-                order_by=["attributes.start_time ASC"],
-                page_token=token,
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
-
-    def _find_run(self, role: str, trial_id: str | None = None) -> Run | None:
-        runs = self._search_runs(role=role, trial_id=trial_id)
-        if len(runs) > 1:
-            # Only possible if two drivers raced on the same study; use the oldest, consistently.
-            self._warn_once(
-                f"dup:{role}:{trial_id}",
-                "study %s has %d %s runs for trial %s; using the oldest",
-                self._study_id,
-                len(runs),
-                role,
-                trial_id,
-            )
-        return runs[0] if runs else None
-
-    def _require_parent(self) -> str:
-        if self._parent_run_id is None:
-            run = self._find_run(role=ROLE_STUDY)
-            if run is None:
-                raise RuntimeError("no parent run for this study: call open_study() first")
-            self._parent_run_id = run.info.run_id
-        return self._parent_run_id
-
-    def _trial_run_id(self, trial_id: str) -> str:
-        run_id = self._runs.get(trial_id)
-        if run_id is None:
-            run = self._find_run(ROLE_TRIAL, trial_id)
-            if run is None:
-                raise RunNotFoundError(f"trial {trial_id} has no run: call trial_run() first")
-            run_id = self._runs[trial_id] = run.info.run_id
-        return run_id
-
-    def _logged_steps(self, trial_id: str, run_id: str) -> set[int]:
-        """Steps of ``trial_id`` already in MLflow; loaded once from the marker's history."""
-        steps = self._steps.get(trial_id)
-        if steps is None:
-            history = self._client.get_metric_history(run_id, STEP_KEY)
-            steps = self._steps[trial_id] = {int(m.step) for m in history}
-        return steps
-
-    def _clip_tags(self, tags: Mapping[str, str]) -> dict[str, str]:
-        return clip_tags(tags, self._warn_once, exempt=(TAG_PARENT_RUN_ID,))
-
-    def _log_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        items = [RunTag(k, v) for k, v in self._clip_tags(tags).items()]
-        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
-            self._client.log_batch(run_id, tags=chunk, synchronous=True)
-
-    def _log_params(
-        self, run_id: str, flat: Mapping[str, str], existing: Mapping[str, str]
-    ) -> None:
-        """Log the params missing from ``existing`` (params are immutable in MLflow)."""
-        todo: list[Param] = []
-        for key, clipped in clip_params(flat, self._warn_once).items():
-            if key in existing:
-                if existing[key] != clipped:
-                    self._warn_once(
-                        f"changed:{run_id}:{key}",
-                        "param %r of run %s changed on resume (%r -> %r); MLflow params are "
-                        "immutable, keeping the first value",
-                        key,
-                        run_id,
-                        existing[key][:80],
-                        clipped[:80],
-                    )
-                continue
-            todo.append(Param(key, clipped))
-        if params_truncated(flat):
-            self._client.log_text(
-                run_id, json.dumps(dict(flat), indent=2, sort_keys=True), FULL_PARAMS_ARTIFACT
-            )
-        for chunk in _chunks(todo, MAX_PARAMS_TAGS_PER_BATCH):
-            self._client.log_batch(run_id, params=chunk, synchronous=True)

@@ -114,10 +114,18 @@ def test_study_joins_a_two_node_cluster_and_uses_both_nodes(
         "repeats: 2\n"
         "concurrency: 2\n"
         "resources: {cpu: 1, gpu: 0}\n"
-        "scheduler: {kind: fifo}\n"
+        "trial_scheduler: {kind: fifo}\n"
     )
     storage = tmp_path / "st"
-    cmd = [*RUN, "--space", str(space), "--storage", str(storage), "--skip-baselines"]
+    cmd = [
+        *RUN,
+        "--space",
+        str(space),
+        "--storage",
+        str(storage),
+        "--skip-baselines",
+        "--skip-final",
+    ]
     cmd += ["--teachers-dir", str(tmp_path / "teachers"), "--address", loopback_cluster]
     r = subprocess.run(
         cmd, cwd=tmp_path, env=CLUSTER_ENV, capture_output=True, text=True, timeout=900

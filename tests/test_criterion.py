@@ -34,7 +34,7 @@ WKL = {
     "losses": {
         "ce": {},
         "wkd_l": {"temperature": 8, "wd_weight": 600},
-        "kl": {"loss": "dkd", "weight": 0.5, "temperature": 8, "beta": 2},
+        "kl": {"loss": "dkd", "weight": 0.5, "temperature": 8, "nckd_weight": 2},
     },
     "handoff": {"mode": "independent"},
 }
@@ -143,18 +143,21 @@ NAN, INF = float("nan"), float("inf")
             r"^losses\.kl\.temperature: dkd\.temperature must be > 0, got 0\.0$",
         ),
         (
-            {"losses": {"dkd": {"beta": -1}}},
-            r"^losses\.dkd\.beta: dkd\.beta must be >= 0, got -1\.0$",
+            {"losses": {"dkd": {"nckd_weight": -1}}},
+            r"^losses\.dkd\.nckd_weight: dkd\.nckd_weight must be >= 0, got -1\.0$",
         ),
         (
-            {"losses": {"gkl": {"gamma": -0.1}}},
-            r"^losses\.gkl\.gamma: gkl\.gamma must be >= 0, got -0\.1$",
+            {"losses": {"gkl": {"pair_weight_exponent": -0.1}}},
+            r"^losses\.gkl\.pair_weight_exponent: gkl\.pair_weight_exponent must be >= 0, got -0\.1$",
         ),
         (
             {"losses": {"gkl": {"prior_temperature": 0}}},
             r"^losses\.gkl\.prior_temperature: gkl\.prior_temperature must be > 0",
         ),
-        ({"losses": {"gkl": {"alpha": -16}}}, r"^losses\.gkl\.alpha: gkl\.alpha must be >= 0"),
+        (
+            {"losses": {"gkl": {"wmse_weight": -16}}},
+            r"^losses\.gkl\.wmse_weight: gkl\.wmse_weight must be >= 0",
+        ),
         (
             {"losses": {"kd": {"weight": -0.9}}},
             r"^losses\.kd\.weight: -0\.9 is not allowed; allowed: a finite number >= 0$",
@@ -195,8 +198,8 @@ NAN, INF = float("nan"), float("inf")
             r"^losses\.kd\.temperature: expected a finite number",
         ),
         (
-            {"losses": {"kd": {"schedule": {"kind": "ramp_up", "end": NAN}}}},
-            r"^losses\.kd\.schedule\.end: expected a finite",
+            {"losses": {"kd": {"weight_schedule": {"kind": "ramp_up", "end": NAN}}}},
+            r"^losses\.kd\.weight_schedule\.end: expected a finite",
         ),
         (
             {"losses": {"ce": {}, "wkd_l": {}, "kl": {"loss": "kd"}}, "handoff": {"center": NAN}},
@@ -221,14 +224,14 @@ def test_params_refuse_bad_values_when_built_directly() -> None:
 
     for cls, kwargs in (
         (DKDParams, {"temperature": 0.0}),
-        (DKDParams, {"alpha": -1.0}),
-        (DKDParams, {"beta": NAN}),
-        (GKLParams, {"gamma": -0.5}),
+        (DKDParams, {"tckd_weight": -1.0}),
+        (DKDParams, {"nckd_weight": NAN}),
+        (GKLParams, {"pair_weight_exponent": -0.5}),
         (GKLParams, {"temperature": -1.0}),
-        (GKLParams, {"beta": INF}),
+        (GKLParams, {"soft_ce_weight": INF}),
         (KD2MParams, {"ridge": -1e-4}),
-        (KD2MParams, {"beta": NAN}),
+        (KD2MParams, {"logit_cost_weight": NAN}),
     ):
         with pytest.raises(ValueError, match=rf"\.{next(iter(kwargs))} must be"):
             cls(**kwargs)
-    GKLParams(gamma=0.0)  # γ = 0 is published (RN32x4 -> SNV1)
+    GKLParams(pair_weight_exponent=0.0)  # γ = 0 is published (RN32x4 -> SNV1)

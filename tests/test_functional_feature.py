@@ -301,18 +301,18 @@ def test_jw2_matches_pot_on_the_joint_cost() -> None:
     feat = ot.dist(fs.numpy(), ft.numpy())
     cost = feat / feat.max() + beta * ot.dist(zs.numpy(), zt.numpy())
     expected = float(ot.emd2(ot.unif(6), ot.unif(6), cost))
-    assert jw2(fs, ft, zs, zt, beta=beta).item() == pytest.approx(expected, rel=1e-12)
+    assert jw2(fs, ft, zs, zt, logit_cost_weight=beta).item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_jw2_gradients() -> None:
     fs, ft = _randn(5, 4, seed=32), _randn(5, 4, seed=33)
     zs, zt = _randn(5, 3, seed=34).requires_grad_(), _randn(5, 3, seed=35)
     # Logit side: a smooth function of z_s with the plan fixed -> gradcheck.
-    assert gradcheck(lambda z: jw2(fs, ft, z, zt, beta=0.5), (zs,))
+    assert gradcheck(lambda z: jw2(fs, ft, z, zt, logit_cost_weight=0.5), (zs,))
     # Feature side: the max normaliser is detached by definition, so compare with
     # the closed form 2/s · Σ_j π_ij (f_s,i − f_t,j) using POT's plan.
     fs_req = fs.clone().requires_grad_()
-    jw2(fs_req, ft, zs.detach(), zt, beta=0.5).backward()
+    jw2(fs_req, ft, zs.detach(), zt, logit_cost_weight=0.5).backward()
     feat = ot.dist(fs.numpy(), ft.numpy())
     plan = ot.emd(
         ot.unif(5), ot.unif(5), feat / feat.max() + 0.5 * ot.dist(zs.detach().numpy(), zt.numpy())

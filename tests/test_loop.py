@@ -39,7 +39,7 @@ def digits_cfg(cost: str, **over: Any) -> dict[str, Any]:
         "losses": {
             "ce": {},
             "wkd_l": {"temperature": 4, "wd_weight": 10},
-            "kl": {"loss": "dkd", "weight": 0.5, "beta": 2},
+            "kl": {"loss": "dkd", "weight": 0.5, "nckd_weight": 2},
             "gkl": {"weight": 0.1},
         },
         "handoff": {"mode": "complementary", "center": 0.5, "width": 0.5},

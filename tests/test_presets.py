@@ -31,7 +31,7 @@ CIFAR_OPTIM = {
     "momentum": 0.9,
     "weight_decay": 5e-4,
     "nesterov": False,
-    "schedule": "multistep",
+    "lr_schedule": "multistep",
     "milestones": (150 / 240, 180 / 240, 210 / 240),
     "decay": 0.1,
     "warmup": 0.0,
@@ -83,20 +83,31 @@ def test_cifar_baselines_match_the_literal_published_values() -> None:
     p = w.params
     assert (p.temperature, p.wd_weight, p.sinkhorn_reg, p.sinkhorn_iters) == (8, 600, 0.05, 10)
     assert (p.solver, p.cost_sharpen) == ("reference", 1.0)
-    s = w.schedule
+    s = w.weight_schedule
     assert (s.kind, s.shape, s.start, s.end) == ("ramp_down", "cosine", 150 / 240, 1.0)
     g = by["gkl"].losses["gkl"]
     q = g.params
-    assert (q.alpha, q.beta, q.gamma, q.class_prior) == (16, 1, 0.05, True)
+    assert (q.wmse_weight, q.soft_ce_weight, q.pair_weight_exponent, q.class_prior) == (
+        16,
+        1,
+        0.05,
+        True,
+    )
     assert (q.temperature, q.prior_temperature, q.normalize) == (4, 4, "weight")
-    assert (g.schedule.kind, g.schedule.shape, g.schedule.end) == ("ramp_up", "linear", 20 / 240)
+    gs = g.weight_schedule
+    assert (gs.kind, gs.shape, gs.end) == ("ramp_up", "linear", 20 / 240)
     assert set(by["gkl"].losses) == {"ce", "gkl"} and by["gkl"].losses["ce"].weight == 1.0
 
 
 def test_baselines_ignore_the_trial_recipe_and_keep_their_own_overrides(tmp_path: Path) -> None:
     raw = yaml.safe_load((REPO / "search_spaces" / "kd.yaml").read_text())
     raw["extends"] = str(REPO / "search_spaces" / "_cifar100_rn32x4_rn8x4.yaml")
-    raw["trial"]["optim"] = {"nesterov": True, "lr": 0.3, "weight_decay": 0.0, "schedule": "cosine"}
+    raw["trial"]["optim"] = {
+        "nesterov": True,
+        "lr": 0.3,
+        "weight_decay": 0.0,
+        "lr_schedule": "cosine",
+    }
     raw["trial"]["on_nonfinite"] = "skip_batch"
     raw["baselines"] = {"kd_t2": {"family": "kd", "losses": {"kd": {"temperature": 2}}}}
     raw["baselines"]["kd_fast"] = {"family": "kd", "optim": {"lr": 0.1}, "losses": {"ce": None}}
@@ -117,7 +128,7 @@ def test_a_family_without_a_recipe_needs_losses(tmp_path: Path) -> None:
     raw = {
         "trial": {"epochs": 20, "losses": {"ce": {}, "kd": {}}},
         "search": {"losses.kd.temperature": {"type": "float", "low": 1, "high": 8}},
-        "scheduler": {"kind": "fifo"},
+        "trial_scheduler": {"kind": "fifo"},
         "baselines": {"mine": {"family": "mystery"}},
     }
     path = tmp_path / "s.yaml"
@@ -144,7 +155,12 @@ def test_students_with_a_low_published_lr_get_it_in_baselines(tmp_path: Path) ->
         by["wkd_l"].losses["wkd_l"].params.temperature,
     ) == (200, 6)
     q = by["gkl"].losses["gkl"].params
-    assert (q.alpha, q.beta, q.gamma, q.class_prior) == (8, 1, 0.0, False)
+    assert (q.wmse_weight, q.soft_ce_weight, q.pair_weight_exponent, q.class_prior) == (
+        8,
+        1,
+        0.0,
+        False,
+    )
 
 
 def test_dry_run_shows_each_baselines_resolved_recipe() -> None:
@@ -156,8 +172,8 @@ def test_dry_run_shows_each_baselines_resolved_recipe() -> None:
     assert set(rec) == {"kd", "wkd_l", "gkl"}
     for r in rec.values():
         assert r["optim"]["nesterov"] is False and r["optim"]["lr"] == 0.05
-    assert rec["gkl"]["losses"]["gkl"]["alpha"] == 16.0
-    assert rec["wkd_l"]["losses"]["wkd_l"]["schedule"] == "ramp_down[cosine](0.625->1)"
+    assert rec["gkl"]["losses"]["gkl"]["wmse_weight"] == 16.0
+    assert rec["wkd_l"]["losses"]["wkd_l"]["weight_schedule"] == "ramp_down[cosine](0.625->1)"
 
 
 # -- per-pair published values (methods.md §2, §7) -------------------------------------
@@ -170,7 +186,7 @@ def trial_for(space: str, teacher: str, student: str) -> TrialConfig:
 
 
 @pytest.mark.parametrize(
-    "teacher, student, beta",
+    "teacher, student, nckd_weight",
     [
         ("resnet32x4", "resnet8x4", 8.0),
         ("resnet56", "resnet20", 2.0),
@@ -182,9 +198,11 @@ def trial_for(space: str, teacher: str, student: str) -> TrialConfig:
         ("wrn_40_2", "ShuffleV1", 8.0),
     ],
 )
-def test_dkd_space_picks_the_pairs_published_beta(teacher: str, student: str, beta: float) -> None:
+def test_dkd_space_picks_the_pairs_published_nckd_weight(
+    teacher: str, student: str, nckd_weight: float
+) -> None:
     p = trial_for("dkd.yaml", teacher, student).losses["dkd"].params
-    assert (p.alpha, p.beta, p.temperature) == (1.0, beta, 4.0)
+    assert (p.tckd_weight, p.nckd_weight, p.temperature) == (1.0, nckd_weight, 4.0)
 
 
 @pytest.mark.parametrize(
@@ -207,26 +225,32 @@ def test_gkl_space_picks_the_pairs_published_settings(
     teacher: str, student: str, expected: tuple
 ) -> None:
     p = trial_for("gkl.yaml", teacher, student).losses["gkl"].params
-    assert (p.alpha, p.beta, p.gamma, p.class_prior) == expected
+    assert (p.wmse_weight, p.soft_ce_weight, p.pair_weight_exponent, p.class_prior) == expected
     assert (p.temperature, p.prior_temperature) == (4.0, 4.0)
 
 
 def test_explicit_values_win_and_unknown_pairs_keep_the_defaults() -> None:
     base = {"teacher": {"arch": "resnet56"}, "student": {"arch": "resnet20"}}
-    cfg = TrialConfig.from_dict({**base, "losses": {"dkd": {"beta": 5.0}, "gkl": {"gamma": 0.7}}})
-    assert cfg.losses["dkd"].params.beta == 5.0  # explicit wins over the pair's β = 2
-    assert (cfg.losses["gkl"].params.gamma, cfg.losses["gkl"].params.alpha) == (0.7, 4.0)
+    cfg = TrialConfig.from_dict(
+        {**base, "losses": {"dkd": {"nckd_weight": 5.0}, "gkl": {"pair_weight_exponent": 0.7}}}
+    )
+    assert cfg.losses["dkd"].params.nckd_weight == 5.0  # explicit wins over the pair's β = 2
+    gkl = cfg.losses["gkl"].params
+    assert (gkl.pair_weight_exponent, gkl.wmse_weight) == (0.7, 4.0)
     # searched values are explicit too
     spec = load_spec(REPO / "search_spaces" / "dkd.yaml", {"trial.student.arch": "resnet20"})
     spec.trial["teacher"]["arch"] = "resnet56"
-    flat = {"losses.dkd.beta": 3.0}
-    assert TrialConfig.from_dict(with_overrides(spec.trial, flat)).losses["dkd"].params.beta == 3
+    flat = {"losses.dkd.nckd_weight": 3.0}
+    searched = TrialConfig.from_dict(with_overrides(spec.trial, flat))
+    assert searched.losses["dkd"].params.nckd_weight == 3
     unknown = TrialConfig.from_dict({"losses": {"dkd": {}, "gkl": {}}})  # cnn_large -> cnn_small
-    assert unknown.losses["dkd"].params.beta == 8.0 and unknown.losses["gkl"].params.alpha == 16
+    assert unknown.losses["dkd"].params.nckd_weight == 8.0
+    assert unknown.losses["gkl"].params.wmse_weight == 16
     # IKL (normalize: batch) takes IKL's table: γ 1, GI off, T2 100, paper (α, β)
     ikl = TrialConfig.from_dict({**base, "losses": {"gkl": {"normalize": "batch"}}})
     q = ikl.losses["gkl"].params
-    assert (q.alpha, q.beta, q.gamma, q.class_prior, q.prior_temperature) == (4, 1, 1, False, 100)
+    assert (q.wmse_weight, q.soft_ce_weight, q.pair_weight_exponent) == (4, 1, 1)
+    assert (q.class_prior, q.prior_temperature) == (False, 100)
 
 
 def test_wkl_trial_section_as_is_resolves_to_the_published_kl_side() -> None:
@@ -234,15 +258,15 @@ def test_wkl_trial_section_as_is_resolves_to_the_published_kl_side() -> None:
     cfg = TrialConfig.from_dict(spec.trial)  # no point applied: the base as written
     kl = cfg.losses["kl"]
     assert kl.loss == "dkd" and kl.weight == 0.5
-    assert (kl.params.alpha, kl.params.beta, kl.params.temperature) == (1.0, 2.0, 8.0)
+    assert (kl.params.tckd_weight, kl.params.nckd_weight, kl.params.temperature) == (1.0, 2.0, 8.0)
     assert (cfg.losses["wkd_l"].params.wd_weight, cfg.losses["wkd_l"].params.temperature) == (
         600,
         8,
     )
     q = TrialConfig.from_dict(load_spec(REPO / "search_spaces" / "quickstart.yaml").trial)
-    assert (q.losses["kl"].params.alpha, q.losses["kl"].params.beta) == (1.0, 2.0)
+    assert (q.losses["kl"].params.tckd_weight, q.losses["kl"].params.nckd_weight) == (1.0, 2.0)
     # a DKD term outside WKL keeps DKD's own β = 8
-    assert TrialConfig.from_dict({"losses": {"dkd": {}}}).losses["dkd"].params.beta == 8.0
+    assert TrialConfig.from_dict({"losses": {"dkd": {}}}).losses["dkd"].params.nckd_weight == 8.0
 
 
 # -- exact epoch fractions ----------------------------------------------------------------
@@ -278,7 +302,7 @@ def test_shipped_spaces_write_exact_fractions() -> None:
         assert "0.083333" not in text, path.name
     spec = load_spec(REPO / "search_spaces" / "dkd.yaml")
     cfg = TrialConfig.from_dict(spec.trial)
-    assert cfg.losses["dkd"].schedule.end == 20 / 240
+    assert cfg.losses["dkd"].weight_schedule.end == 20 / 240
     assert cfg.optim.milestones == (150 / 240, 180 / 240, 210 / 240)
     assert [lr_at(cfg, e) for e in (150, 151, 181, 211)] == pytest.approx(
         [0.05, 0.005, 0.0005, 0.00005]
@@ -293,7 +317,7 @@ def test_kd2m_preset_is_the_published_recipe() -> None:
     assert cfg.data.batch_size == 128 and cfg.data.dataset.startswith("imagefolder:")
     o = cfg.optim
     assert (o.lr, o.momentum, o.weight_decay, o.nesterov) == (0.01, 0.9, 0.0, False)
-    assert (o.schedule, o.lr_min, o.warmup) == ("cosine", 1e-4, 0.0)
+    assert (o.lr_schedule, o.lr_min, o.warmup) == ("cosine", 1e-4, 0.0)
     t = cfg.losses["kd2m"]
     assert (t.weight, t.params.distance, t.params.diagonal) == (1e-4, "gaussian_w2", True)
     assert cfg.losses["ce"].weight == 1.0 and set(cfg.losses) == {"ce", "kd2m"}
@@ -323,7 +347,7 @@ def test_cosine_lr_ends_at_its_floor() -> None:
     assert floor < lr_at(cfg, E) < 3e-4
     # the default floor is 0: the old schedule, unchanged
     plain = TrialConfig.from_dict(
-        {"epochs": 10, "losses": {"kd": {}}, "optim": {"schedule": "cosine"}}
+        {"epochs": 10, "losses": {"kd": {}}, "optim": {"lr_schedule": "cosine"}}
     )
     assert lr_at(plain, 6) == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     with pytest.raises(ConfigError, match=r"^optim\.lr_min: lr_min must be in \[0, peak"):

@@ -109,7 +109,7 @@ def test_kd2m_loss_offers_the_new_rows_through_the_config() -> None:
     for settings, expected in (
         ({"distance": "gaussian_cw2"}, gaussian_cw2(s.pooled, t.pooled, y, True)),
         (
-            {"distance": "jw2", "logit_cost": "kl", "beta": 0.5},
+            {"distance": "jw2", "logit_cost": "kl", "logit_cost_weight": 0.5},
             jw2(s.pooled, t.pooled, s.logits, t.logits, 0.5, logit_cost="kl"),
         ),
     ):
@@ -120,6 +120,6 @@ def test_kd2m_loss_offers_the_new_rows_through_the_config() -> None:
         assert out.total.item() == pytest.approx(1e-4 * expected.item(), rel=1e-6)
     with pytest.raises(ConfigError, match=r"^losses\.kd2m\.logit_cost: kd2m\.logit_cost 'l1'"):
         TrialConfig.from_dict({"losses": {"kd2m": {"logit_cost": "l1"}}})
-    for key, value in (("ridge", -1.0), ("beta", -0.5), ("ridge", math.nan)):
+    for key, value in (("ridge", -1.0), ("logit_cost_weight", -0.5), ("ridge", math.nan)):
         with pytest.raises(ConfigError, match=rf"^losses\.kd2m\.{key}: "):
             TrialConfig.from_dict({"losses": {"kd2m": {key: value}}})

@@ -1,6 +1,6 @@
 """The private Ray / Optuna state the driver relies on, where no public API exists.
 
-Each reach lives in one place (``study.run.reattach_callbacks``; Ray's ``OptunaSearch``
+Each reach lives in one place (``study.ray_phases.reattach_callbacks``; Ray's ``OptunaSearch``
 internals inside ``study.space.FidelityAwareOptunaSearch``). These tests fail loudly,
 naming the attribute, if an upgrade of Ray or Optuna moves it.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ray import tune
 
-from study.run import reattach_callbacks
+from study.ray_phases import reattach_callbacks
 from study.space import build_searcher
 from study.spec import load_spec
 

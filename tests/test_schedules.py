@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from trainables.schedules import SHAPES, Handoff, Schedule, crossing, ramp, warmup
+from trainables.schedules import SHAPES, Handoff, WeightSchedule, crossing, ramp, warmup
 from trainables.types import EpochInfo
 
 
@@ -48,7 +48,7 @@ def test_published_dkd_warmup_is_a_member() -> None:
 
 def test_published_wkd_decay_is_a_member() -> None:
     g0, Ed, E = 600.0, 150, 240
-    s = Schedule("ramp_down", "cosine", Ed / E, 1.0)
+    s = WeightSchedule("ramp_down", "cosine", Ed / E, 1.0)
     for e in range(1, E + 1):
         ref = g0 if e <= Ed else g0 * 0.5 * (1 + math.cos(math.pi * (e - Ed) / (E - Ed)))
         assert g0 * s(EpochInfo(e, E)) == pytest.approx(ref, rel=1e-12, abs=1e-9)
@@ -77,9 +77,9 @@ def test_complementary_weights_sum_to_one_and_scale_free() -> None:
 
 def test_bad_values_are_rejected_with_allowed_values() -> None:
     with pytest.raises(ValueError, match="allowed"):
-        Schedule(kind="ramp_up", shape="quadratic")
+        WeightSchedule(kind="ramp_up", shape="quadratic")
     with pytest.raises(ValueError, match="start <= end"):
-        Schedule(kind="ramp_up", start=0.8, end=0.2)
+        WeightSchedule(kind="ramp_up", start=0.8, end=0.2)
     with pytest.raises(ValueError, match="complementary, independent"):
         Handoff(mode="both")
     with pytest.raises(ValueError):
@@ -182,15 +182,15 @@ def test_user_schedule_windows_stay_within_training() -> None:
     from trainables.config import ConfigError, TrialConfig
 
     with pytest.raises(ValueError, match="0 <= start <= end <= 1"):
-        Schedule(kind="ramp_up", start=-0.2, end=0.5)
+        WeightSchedule(kind="ramp_up", start=-0.2, end=0.5)
     with pytest.raises(ValueError, match="0 <= start <= end <= 1"):
-        Schedule(kind="ramp_up", start=0.5, end=1.2)
+        WeightSchedule(kind="ramp_up", start=0.5, end=1.2)
     for key, value in (("start", -0.2), ("end", 1.5)):
-        raw = {"losses": {"kd": {"schedule": {"kind": "ramp_up", key: value}}}}
-        with pytest.raises(ConfigError, match=r"^losses\.kd\.schedule"):
+        raw = {"losses": {"kd": {"weight_schedule": {"kind": "ramp_up", key: value}}}}
+        with pytest.raises(ConfigError, match=r"^losses\.kd\.weight_schedule"):
             TrialConfig.from_dict(raw)
-    raw = {"losses": {"kd": {"schedule": {"kind": "ramp_up", "bounded": False}}}}
-    with pytest.raises(ConfigError, match=r"schedule\.bounded: unknown key"):
+    raw = {"losses": {"kd": {"weight_schedule": {"kind": "ramp_up", "bounded": False}}}}
+    with pytest.raises(ConfigError, match=r"weight_schedule\.bounded: unknown key"):
         TrialConfig.from_dict(raw)
     # independent hand-off windows are user-written: strict as well
     with pytest.raises(ValueError, match="0 <= start <= end <= 1"):
@@ -202,13 +202,13 @@ def test_exact_fraction_warmup_is_the_published_member() -> None:
 
     raw = {
         "losses": {
-            "dkd": {"schedule": {"kind": "ramp_up", "shape": "linear", "end": "20/240"}},
+            "dkd": {"weight_schedule": {"kind": "ramp_up", "shape": "linear", "end": "20/240"}},
         }
     }
-    s = TrialConfig.from_dict(raw).losses["dkd"].schedule
+    s = TrialConfig.from_dict(raw).losses["dkd"].weight_schedule
     assert s.end == 20 / 240 and s == warmup(20, 240)
     for e in range(1, 241):  # to rounding (the 6-digit 0.083333 was off by 4e-6)
         assert s(EpochInfo(e, 240)) == pytest.approx(min(e / 20, 1.0), rel=1e-14, abs=0)
     assert s(EpochInfo(20, 240)) == 1.0 and s(EpochInfo(19, 240)) < 1.0
-    rounded = Schedule("ramp_up", "linear", 0.0, 0.083333)
+    rounded = WeightSchedule("ramp_up", "linear", 0.0, 0.083333)
     assert abs(rounded(EpochInfo(19, 240)) - 0.95) > 1e-6

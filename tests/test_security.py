@@ -47,7 +47,8 @@ except Exception as exc:
 
 SERVER = """
 import os, sys
-from study.run import secure_ray_env, start_ray
+from study.ray_phases import start_ray
+from study.run import secure_ray_env
 assert secure_ray_env(None) is None  # exactly what run.py does before starting Ray
 start_ray(None)
 import ray

@@ -57,8 +57,9 @@ def test_wkl_space_contains_the_published_point() -> None:
     assert (kl.kind, kl.shape, kl.start, kl.end) == ("ramp_up", "cosine", 0.0, 1.0)
     kl_term = cfg.losses["kl"]
     assert kl_term.loss == "dkd" and kl_term.weight == 0.5
-    assert (kl_term.params.alpha, kl_term.params.beta, kl_term.params.temperature) == (1, 2, 8)
-    assert kl_term.schedule.kind == "constant"  # no DKD warm-up on the WKL KL side
+    kl_params = kl_term.params
+    assert (kl_params.tckd_weight, kl_params.nckd_weight, kl_params.temperature) == (1, 2, 8)
+    assert kl_term.weight_schedule.kind == "constant"  # no DKD warm-up on the WKL KL side
     assert cfg.losses["wkd_l"].params.wd_weight == 600 and cfg.optim.nesterov
 
 
@@ -86,7 +87,7 @@ trial:
     kd: {weight: 0.9, temperature: 4}
 search:
   losses.kd.temperature: {type: float, low: 1, high: 8}
-scheduler: {kind: fifo}
+trial_scheduler: {kind: fifo}
 """
 
 
@@ -95,7 +96,40 @@ scheduler: {kind: fifo}
     [
         (
             {"trial": {"losses": {"kd": {"temprature": 4}}}},
-            "trial.losses.kd.temprature: unknown key; allowed: temperature",
+            "trial.losses.kd.temprature: unknown key; "
+            "allowed: loss, weight, weight_schedule, temperature",
+        ),
+        # the old spellings of renamed keys name the bad key and the new names
+        (
+            {"scheduler": {"kind": "fifo"}},
+            "scheduler: unknown section (allowed: name, description, extends, trial, search, "
+            "points, objective, searcher, trial_scheduler, samples,",
+        ),
+        (
+            {"trial": {"optim": {"schedule": "cosine"}}},
+            "trial.optim.schedule: unknown key; allowed: decay, lr, lr_min, lr_schedule, "
+            "milestones, momentum, nesterov, warmup, weight_decay",
+        ),
+        (
+            {"trial": {"losses": {"kd": {"schedule": {"kind": "ramp_up"}}}}},
+            "trial.losses.kd.schedule: unknown key; "
+            "allowed: loss, weight, weight_schedule, temperature",
+        ),
+        (
+            {"trial": {"losses": {"dkd": {"beta": 2}}}},
+            "trial.losses.dkd.beta: unknown key; "
+            "allowed: loss, weight, weight_schedule, nckd_weight, tckd_weight, temperature",
+        ),
+        (
+            {"trial": {"losses": {"gkl": {"gamma": 0.1}}}},
+            "trial.losses.gkl.gamma: unknown key; allowed: loss, weight, weight_schedule, "
+            "class_prior, normalize, pair_weight_exponent, prior_temperature, soft_ce_weight, "
+            "temperature, wmse_weight",
+        ),
+        (
+            {"trial": {"losses": {"kd2m": {"beta": 0.1}}}},
+            "trial.losses.kd2m.beta: unknown key; allowed: loss, weight, weight_schedule, "
+            "diagonal, distance, logit_cost, logit_cost_weight, ridge",
         ),
         (
             {"trial": {"losses": {"kd": {"loss": "kdd"}}}},
@@ -119,13 +153,13 @@ scheduler: {kind: fifo}
             "points[0].losses.kd.temperature: 20 is outside the searched range (allowed: [1, 8])",
         ),
         (
-            {"scheduler": {"kind": "hyperband"}},
-            "scheduler.kind: 'hyperband' is not allowed (allowed: fifo, asha, pbt, median)",
+            {"trial_scheduler": {"kind": "hyperband"}},
+            "trial_scheduler.kind: 'hyperband' is not allowed (allowed: fifo, asha, pbt, median)",
         ),
         ({"searcher": {"kind": "tpe", "sede": 1}}, "searcher.sede: unknown key"),
         ({"resources": {"gpus": 1}}, "resources.gpus: unknown key (allowed: cpu, gpu)"),
         ({"bogus": 1}, "bogus: unknown section"),
-        ({"scheduler": {"kind": "pbt"}}, "pbt cannot be combined with a search algorithm"),
+        ({"trial_scheduler": {"kind": "pbt"}}, "pbt cannot be combined with a search algorithm"),
         (
             {"repeats": 3, "seeds": [0, 1]},
             "repeats: 3 but seeds has 2 ([0, 1]) (at most len(seeds) = 2, or list more seeds)",
@@ -165,17 +199,17 @@ trial:
   epochs: 240
   losses:
     ce: {}
-    dkd: {schedule: {kind: ramp_up, shape: linear, start: 0, end: 0.083333}}
+    dkd: {weight_schedule: {kind: ramp_up, shape: linear, start: 0, end: 0.083333}}
 search:
-  losses.dkd.beta: {type: float, low: 1, high: 8}
-scheduler: {kind: asha, grace_period: 0.05}
+  losses.dkd.nckd_weight: {type: float, low: 1, high: 8}
+trial_scheduler: {kind: asha, grace_period: 0.05}
 """
     with pytest.raises(
         SpecError, match=r"does not exceed the loss/LR warm-up \(ends at epoch 20\)"
     ):
         load_spec(write(tmp_path, text))
     ok = text.replace("grace_period: 0.05", "grace_period: 0.1")
-    assert load_spec(write(tmp_path, ok)).scheduler.grace_epochs(240) == 24
+    assert load_spec(write(tmp_path, ok)).trial_scheduler.grace_epochs(240) == 24
 
 
 def test_rung_before_searched_schedules_can_differ_is_refused(tmp_path: Path) -> None:
@@ -189,9 +223,9 @@ trial:
   handoff: {mode: complementary, shape: cosine, center: 0.7, width: 0.2}
 search:
   handoff.center: {type: float, low: 0.6, high: 0.8}
-scheduler: {kind: asha, grace_period: 0.1}
+trial_scheduler: {kind: asha, grace_period: 0.1}
 """
-    with pytest.raises(SpecError, match="comes before the searched schedules can differ"):
+    with pytest.raises(SpecError, match="comes before the searched weight schedules can differ"):
         load_spec(write(tmp_path, text))
     later = text.replace("grace_period: 0.1", "grace_period: 0.6")
     load_spec(write(tmp_path, later))
@@ -229,7 +263,7 @@ search:
   losses.wkd_l.solver: {type: categorical, values: [reference, converged]}
   losses.wkd_l.sinkhorn_reg: {type: float, low: 0.01, high: 0.1, log: true, grid: [0.01, 0.1], when: {losses.wkd_l.solver: converged}}
 searcher: {kind: grid}
-scheduler: {kind: fifo}
+trial_scheduler: {kind: fifo}
 """
     spec = load_spec(write(tmp_path, text))
     pts = grid_points(spec)
@@ -275,7 +309,10 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_files(tmp_path: Path) -> Non
     r = run_cli("--space", str(bad), "--storage", str(tmp_path / "st"), cwd=tmp_path)
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert lines == ["error: s.yaml: trial.losses.kd.tau: unknown key; allowed: temperature"]
+    assert lines == [
+        "error: s.yaml: trial.losses.kd.tau: unknown key; "
+        "allowed: loss, weight, weight_schedule, temperature"
+    ]
     assert not (tmp_path / "st").exists()
     r = run_cli("--space", str(bad), "--num-samples", "0", cwd=tmp_path)
     assert r.returncode == 2 and "--num-samples" in r.stderr
@@ -318,9 +355,9 @@ def test_repeats_run_each_configuration_under_the_first_seeds(tmp_path: Path) ->
 
 
 def test_first_rung_never_comes_before_its_fraction() -> None:
-    from study.spec import SchedulerSpec
+    from study.spec import TrialSchedulerSpec
 
-    assert SchedulerSpec(grace_period=0.75).grace_epochs(6) == 5  # 4.5 -> 5, not round's 4
-    assert SchedulerSpec(grace_period=0.75).grace_epochs(8) == 6
-    assert SchedulerSpec(grace_period=0.1).grace_epochs(240) == 24  # exact stays exact
-    assert SchedulerSpec(grace_period=0.01).grace_epochs(12) == 1
+    assert TrialSchedulerSpec(grace_period=0.75).grace_epochs(6) == 5  # 4.5 -> 5, not round's 4
+    assert TrialSchedulerSpec(grace_period=0.75).grace_epochs(8) == 6
+    assert TrialSchedulerSpec(grace_period=0.1).grace_epochs(240) == 24  # exact stays exact
+    assert TrialSchedulerSpec(grace_period=0.01).grace_epochs(12) == 1

@@ -33,7 +33,7 @@ def runs_of(storage: Path, experiment: str) -> tuple[object, list, list]:
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("role") == "study"]
-    children = [r for r in runs if r.data.tags.get("role") in ("trial", "baseline")]
+    children = [r for r in runs if r.data.tags.get("role") in ("trial", "baseline", "final")]
     return client, parents, children
 
 
@@ -43,12 +43,14 @@ def study_cmd(tmp_path: Path, storage: Path, *extra: str) -> list[str]:
     return [*RUN, "--space", space, "--storage", str(storage), "--teachers-dir", teachers, *extra]
 
 
-def check_structure(storage: Path, experiment: str, n_trials: int, n_baselines: int) -> list:
+def check_structure(
+    storage: Path, experiment: str, n_trials: int, n_baselines: int, n_final: int = 0
+) -> list:
     client, parents, children = runs_of(storage, experiment)
     assert len(parents) == 1
     (parent,) = parents
     assert parent.info.status == "FINISHED"
-    assert len(children) == n_trials + n_baselines
+    assert len(children) == n_trials + n_baselines + n_final
     ids = [c.data.tags["trial_id"] for c in children]
     assert len(set(ids)) == len(ids), "more than one run for a trial"
     for c in children:
@@ -62,9 +64,15 @@ def check_structure(storage: Path, experiment: str, n_trials: int, n_baselines: 
         if c.info.status == "FAILED" and not steps:
             continue  # diverged in its first epoch (TPE may propose such a weight): no metrics
         assert int(c.data.metrics["training_iteration"]) == len(steps)
-        assert "val/top1_best" in c.data.metrics and "weight/ce" in c.data.metrics
+        # the test split is evaluated by final runs only, the validation split never by them
+        split = "test" if c.data.tags["role"] == "final" else "val"
+        assert c.data.tags["split"] == split
+        assert f"{split}/top1_best" in c.data.metrics and "weight/ce" in c.data.metrics
+        other = "val" if split == "test" else "test"
+        assert not any(k.startswith(f"{other}/") for k in c.data.metrics), c.data.metrics
     baselines = [c for c in children if c.data.tags["role"] == "baseline"]
     assert len(baselines) == n_baselines
+    assert len([c for c in children if c.data.tags["role"] == "final"]) == n_final
     return children
 
 
@@ -82,7 +90,11 @@ def test_quickstart_runs_and_tracks_every_trial_once(tmp_path: Path) -> None:
     assert "Leaderboard (val/top1_best" in out and "MLflow UI: mlflow ui --backend-store-uri" in out
     for name in ("kd", "wkd_l", "gkl"):
         assert f"\n{name} " in out
-    children = check_structure(storage, "quickstart", 16, 6)
+    children = check_structure(storage, "quickstart", 16, 6, n_final=12)
+    # the final runs and the report (tests/test_final_report.py checks their numbers)
+    assert "Headline: last-epoch test top-1" in out and "against each baseline" in out
+    for name in ("report.md", "report.html", "summary.json", "tables/comparisons.csv"):
+        assert (storage / "report" / name).is_file(), name
     # stopped-early trials are tagged so the UI can filter them
     early = [c for c in children if c.data.tags.get("stopped_early") == "true"]
     full = [c for c in children if c.data.tags.get("stopped_early") == "false"]
@@ -106,13 +118,13 @@ def test_quickstart_runs_and_tracks_every_trial_once(tmp_path: Path) -> None:
         [*cmd, "--resume"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600
     )
     assert r3.returncode == 0, r3.stderr[-3000:]
-    check_structure(storage, "quickstart", 16, 6)
+    check_structure(storage, "quickstart", 16, 6, n_final=12)
 
 
 @pytest.mark.slow
 def test_killed_driver_resumes_with_one_run_per_trial(tmp_path: Path) -> None:
     storage = tmp_path / "kill"
-    extra = ("--num-samples", "6", "--max-epochs", "8", "--skip-baselines")
+    extra = ("--num-samples", "6", "--max-epochs", "8", "--skip-baselines", "--skip-final")
     cmd = study_cmd(tmp_path, storage, *extra)
     proc = subprocess.Popen(
         cmd,
@@ -155,7 +167,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path:
         "  optim.lr: {type: categorical, values: [0.05, 1.0e+12]}\n"
         "points: [{optim.lr: 1.0e+12}, {optim.lr: 0.05}]\n"
         "samples: 2\n"
-        "scheduler: {kind: fifo}\n"
+        "trial_scheduler: {kind: fifo}\n"
         "failure: {max_failures: 2}\n"
     )
     storage = tmp_path / "st"
@@ -166,6 +178,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path:
         "--storage",
         str(storage),
         "--skip-baselines",
+        "--skip-final",
         "--teachers-dir",
         str(tmp_path / "teachers"),
     ]
@@ -215,10 +228,18 @@ def test_repeats_run_every_configuration_under_each_seed(tmp_path: Path) -> None
         "seeds: [3, 4, 5]\n"
         "repeats: 2\n"
         "concurrency: 2\n"
-        "scheduler: {kind: asha, grace_period: 0.16, reduction_factor: 6}\n"
+        "trial_scheduler: {kind: asha, grace_period: 0.16, reduction_factor: 6}\n"
     )
     storage = tmp_path / "st"
-    cmd = [*RUN, "--space", str(space), "--storage", str(storage), "--skip-baselines"]
+    cmd = [
+        *RUN,
+        "--space",
+        str(space),
+        "--storage",
+        str(storage),
+        "--skip-baselines",
+        "--skip-final",
+    ]
     cmd += ["--teachers-dir", str(tmp_path / "teachers")]
     dry = subprocess.run([*cmd, "--dry-run"], env=ENV, capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "6 searched trial(s) (3 configurations x 2 seeds [3, 4])" in (

@@ -76,7 +76,7 @@ def _tracker_warnings(caplog: pytest.LogCaptureFixture, needle: str) -> list[str
 
 
 def test_flatten_params_matches_manual_walk() -> None:
-    nested = {"kd": {"alpha": 0.5, "T": 4}, "lr": 0.1, "stages": [1, 2], "opt": {"m": {"b": None}}}
+    nested = {"kd": {"weight": 0.5, "T": 4}, "lr": 0.1, "stages": [1, 2], "opt": {"m": {"b": None}}}
     # Independent formulation: an explicit stack walk instead of recursion.
     expected: dict[str, str] = {}
     stack: list[tuple[str, Any]] = [("", nested)]
@@ -89,7 +89,7 @@ def test_flatten_params_matches_manual_walk() -> None:
             else:
                 expected[name] = "[1, 2]" if isinstance(v, list) else str(v)
     assert flatten_params(nested) == expected
-    assert set(expected) == {"kd.alpha", "kd.T", "lr", "stages", "opt.m.b"}
+    assert set(expected) == {"kd.weight", "kd.T", "lr", "stages", "opt.m.b"}
 
 
 # -- SQLite store ---------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def test_parent_children_nesting_params_and_texts(tmp_path: Path, store: str, ex
     long_value = "x" * 7000  # above MLflow's 6000-char param limit
     parent = tracker.open_study(
         run_name="study-a",
-        params={"kd": {"alpha": 0.9, "T": 4.0}, "notes": long_value},
+        params={"kd": {"weight": 0.9, "T": 4.0}, "notes": long_value},
         tags={"family": "kd"},
         texts={"spec.yaml": "loss: kd\n", "space.json": '{"kd/T": [1, 8]}'},
     )
@@ -118,7 +118,7 @@ def test_parent_children_nesting_params_and_texts(tmp_path: Path, store: str, ex
     p = by_id[parent]
     assert p.info.run_name == "study-a"
     assert p.data.tags["study_id"] == "study-a" and p.data.tags["role"] == "study"
-    assert p.data.params["kd.alpha"] == "0.9" and p.data.params["kd.T"] == "4.0"
+    assert p.data.params["kd.weight"] == "0.9" and p.data.params["kd.T"] == "4.0"
     assert p.data.params["notes"] == "x" * 6000
     c = by_id[first]
     assert c.info.status == "RUNNING" and c.info.run_name == "t1-run"
@@ -250,6 +250,50 @@ def test_finish_study_retires_runs_of_trials_the_study_lost(store: str, exp: str
     resumed.finish_study("FINISHED", known_trials=["kept"])
     again = {r.info.run_id: (r.info.status, r.info.lifecycle_stage) for r in _all_runs(uri, exp)}
     assert again == {k: (r.info.status, r.info.lifecycle_stage) for k, r in runs.items()}
+
+
+def test_baseline_and_final_runs_are_found_closed_and_retired_like_trials(
+    store: str, exp: str
+) -> None:
+    """One tag ``role`` (study | trial | baseline | final): a child run of any role is found
+    again by its ``trial_id``, closed when stale and retired when the study lost it."""
+    uri = store
+    first = StudyTracker(uri, exp, "study-roles")
+    parent = first.open_study(run_name="s", params={}, tags={}, texts={})
+    runs_by_role = {
+        role: first.trial_run(role, run_name=role, params={}, tags={"role": role})
+        for role in ("trial", "baseline", "final")
+    }
+    lost = first.trial_run("lost", run_name="l", params={}, tags={"role": "final"})
+    for trial_id in runs_by_role:
+        assert first.log_result(trial_id, 1, {"m": 1.0}) is True
+    tags = {r.info.run_id: r.data.tags for r in _all_runs(uri, exp)}
+    assert tags[parent]["role"] == "study"
+    assert {role: tags[run_id]["role"] for role, run_id in runs_by_role.items()} == {
+        "trial": "trial",
+        "baseline": "baseline",
+        "final": "final",
+    }
+    assert not any("run_kind" in t for t in tags.values())  # one word for one meaning
+
+    # A restarted driver: stale runs of every role are closed, each found again by trial_id.
+    second = StudyTracker(uri, exp, "study-roles")
+    assert second.open_study(run_name="s", params={}, tags={}, texts={}) == parent
+    assert sorted(second.close_stale_runs()) == sorted([*runs_by_role.values(), lost])
+    for role, run_id in runs_by_role.items():
+        assert second.trial_run(role, run_name=role, params={}, tags={"role": role}) == run_id
+        assert second.log_result(role, 1, {"m": 9.0}) is False  # learnt from the history
+        assert second.log_result(role, 2, {"m": 2.0}) is True
+        assert _steps(uri, run_id, "m") == [1, 2]
+    second.close_trial("final", "FINISHED", tags={"note": "x"})
+    assert MlflowClient(uri).get_run(runs_by_role["final"]).data.tags["note"] == "x"
+    second.finish_study("FINISHED", known_trials=list(runs_by_role))
+    runs = {r.info.run_id: r for r in _all_runs(uri, exp)}
+    assert runs[lost].info.lifecycle_stage == "deleted" and "orphaned" in runs[lost].data.tags
+    assert {runs[run_id].info.status for run_id in runs_by_role.values()} == {"FINISHED"}
+    assert runs[parent].info.status == "FINISHED"
+    with pytest.raises(ValueError, match="role"):  # the parent's role is not a trial's
+        second.trial_run("x", run_name="x", params={}, tags={"role": "study"})
 
 
 def test_studies_in_one_experiment_do_not_interfere(store: str, exp: str) -> None:

@@ -29,7 +29,7 @@ from fractions import Fraction
 from typing import Any
 
 from trainables.losses import LOSSES
-from trainables.schedules import FRACTION, Handoff, Schedule
+from trainables.schedules import FRACTION, Handoff, WeightSchedule
 
 
 class ConfigError(ValueError):
@@ -72,7 +72,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False  # WKL's trainer uses Nesterov, the others plain momentum
-    schedule: str = "multistep"  # multistep | cosine
+    lr_schedule: str = "multistep"  # multistep | cosine
     milestones: tuple[float, ...] = field(
         default=(150 / 240, 180 / 240, 210 / 240), metadata=FRACTION
     )  # fractions of E
@@ -81,9 +81,9 @@ class OptimConfig:
     lr_min: float = 0.0  # cosine floor: lr_min + (lr − lr_min)·½(1 + cos πx); KD²M: 1e-4
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("multistep", "cosine"):
+        if self.lr_schedule not in ("multistep", "cosine"):
             raise ValueError(
-                f"schedule {self.schedule!r} is not allowed; allowed: multistep, cosine"
+                f"lr_schedule {self.lr_schedule!r} is not allowed; allowed: multistep, cosine"
             )
         for name in ("lr", "momentum", "weight_decay", "decay", "warmup", "lr_min"):
             v = getattr(self, name)
@@ -131,7 +131,7 @@ class CostConfig:
 class TermConfig:
     loss: str
     weight: float
-    schedule: Schedule
+    weight_schedule: WeightSchedule
     params: Any
 
 
@@ -200,9 +200,9 @@ class TrialConfig:
         return dataclasses.replace(cfg, losses=terms, handoff=handoff)
 
     # -- views -----------------------------------------------------------------------
-    def schedules(self) -> dict[str, Schedule]:
-        """Each term's effective schedule (the hand-off overrides its two terms)."""
-        out = {name: t.schedule for name, t in self.losses.items()}
+    def schedules(self) -> dict[str, WeightSchedule]:
+        """Each term's effective weight schedule (the hand-off overrides its two terms)."""
+        out = {name: t.weight_schedule for name, t in self.losses.items()}
         if self.handoff is not None:
             w, kl = self.handoff.schedules()
             out[self.handoff.w_term] = w
@@ -219,7 +219,7 @@ class TrialConfig:
                     n: {
                         "loss": t.loss,
                         "weight": t.weight,
-                        "schedule": t.schedule.to_dict(),
+                        "weight_schedule": t.weight_schedule.to_dict(),
                         **_plain(t.params),
                     }
                     for n, t in v.items()
@@ -301,12 +301,18 @@ def _build_term(
         raise ConfigError(
             _join(path, "weight"), f"{weight!r} is not allowed; allowed: a finite number >= 0"
         )
-    schedule = _build(Schedule, spec.pop("schedule", None) or {}, _join(path, "schedule"))
+    weight_schedule = _build(
+        WeightSchedule, spec.pop("weight_schedule", None) or {}, _join(path, "weight_schedule")
+    )
     # the resolve step: unset params take the published values of the pair (explicit wins)
     Params = LOSSES[loss].Params
     names = (
         {f.name for f in dataclasses.fields(Params)} if dataclasses.is_dataclass(Params) else set()
     )
+    unknown = [key for key in spec if key not in names]
+    if unknown and dataclasses.is_dataclass(Params):  # name the term's keys, not only Params'
+        allowed = ", ".join(["loss", "weight", "weight_schedule", *sorted(names)])
+        raise ConfigError(_join(path, str(unknown[0])), f"unknown key; allowed: {allowed}")
     for key, value in published_params(loss, *pair, family, spec).items():
         if key in names and key not in spec:
             spec[key] = value
@@ -317,7 +323,9 @@ def _build_term(
             raise ConfigError(
                 _join(path, key), f"{value!r} is not allowed; allowed: a temperature > 0"
             )
-    return TermConfig(loss=loss, weight=float(weight), schedule=schedule, params=params)
+    return TermConfig(
+        loss=loss, weight=float(weight), weight_schedule=weight_schedule, params=params
+    )
 
 
 def _build(cls: type, raw: Any, path: str, skip: set[str] | None = None) -> Any:
@@ -417,7 +425,7 @@ CIFAR_OPTIM: dict[str, Any] = {
     "momentum": 0.9,
     "weight_decay": 5e-4,
     "nesterov": False,
-    "schedule": "multistep",
+    "lr_schedule": "multistep",
     "milestones": ["150/240", "180/240", "210/240"],
     "decay": 0.1,
     "warmup": 0.0,
@@ -431,7 +439,7 @@ KD2M_OPTIM: dict[str, Any] = {
     "momentum": 0.9,
     "weight_decay": 0.0,
     "nesterov": False,
-    "schedule": "cosine",
+    "lr_schedule": "cosine",
     "milestones": [],
     "decay": 0.1,
     "warmup": 0.0,
@@ -456,16 +464,19 @@ def _family_losses(family: str, pair: tuple[str, str]) -> dict[str, Any] | None:
     if family == "kd":  # §1: CE 0.1 + KD 0.9, T = 4
         return {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}}
     if family == "dkd":  # §2: CE 1, DKD with warm-up min(e/20, 1)
-        return {**ce, "dkd": {"schedule": dict(_WARMUP_20)}}
+        return {**ce, "dkd": {"weight_schedule": dict(_WARMUP_20)}}
     if family == "gkl":  # §7: CE 1, GKL with warm-up 20
-        return {**ce, "gkl": {"schedule": dict(_WARMUP_20)}}
+        return {**ce, "gkl": {"weight_schedule": dict(_WARMUP_20)}}
     if family == "ikl":  # §7: IKL = GKL with γ 1, normalised by B, T2 100, warm-up 20
-        return {**ce, "ikl": {"loss": "gkl", "normalize": "batch", "schedule": dict(_WARMUP_20)}}
+        return {
+            **ce,
+            "ikl": {"loss": "gkl", "normalize": "batch", "weight_schedule": dict(_WARMUP_20)},
+        }
     if family == "wkd_l":  # §3: L_t + γ0 cosine-decayed from 150/240
-        return {**ce, "wkd_l": {**_WKD_L, "schedule": dict(_DECAY_150)}}
+        return {**ce, "wkd_l": {**_WKD_L, "weight_schedule": dict(_DECAY_150)}}
     if family == "wkd_f":  # §4: w_F cosine-decayed from 150/240
         w = _WKD_F_WEIGHT.get(pair, 0.08)
-        return {**ce, "wkd_f": {"weight": w, "schedule": dict(_DECAY_150)}}
+        return {**ce, "wkd_f": {"weight": w, "weight_schedule": dict(_DECAY_150)}}
     if family == "kd2m":  # §8: CE + 1e-4 · diagonal Gaussian W2
         return {**ce, "kd2m": {"weight": 1e-4, "distance": "gaussian_w2", "diagonal": True}}
     if family == "wkl":  # §6: CE + WKD-L (γ0, T) + κ_KL · DKD(1, 2, T), hand-off below

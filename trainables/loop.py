@@ -86,7 +86,7 @@ def lr_at(cfg: TrialConfig, epoch: int) -> float:
     x = (epoch - 1) / E  # position at the *start* of the epoch, as the recipe decays
     if o.warmup > 0 and x < o.warmup:
         return o.lr * (epoch / max(o.warmup * E, 1.0))
-    if o.schedule == "cosine":  # to the floor lr_min (KD²M: 1e-4), 0 by default
+    if o.lr_schedule == "cosine":  # to the floor lr_min (KD²M: 1e-4), 0 by default
         return o.lr_min + (o.lr - o.lr_min) * 0.5 * (1 + math.cos(math.pi * x))
     # multistep: decays at epochs 150, 180, 210 of 240 -> from epoch 151 on (mdistiller)
     passed = sum(1 for m in o.milestones if epoch > round(m * E))
@@ -354,6 +354,8 @@ def run_training(
                 # the mean of the last LAST_K epochs: reported beside the objective (issue 8
                 # measured best / last / mean of the last 2-3 as equally faithful rankings)
                 f"{split}/top1_last{LAST_K}": sum(recent) / len(recent),
+                # the evaluation set's size: one image is 100/images points of top-1
+                f"{split}/images": float(len(yv)),
                 "lr": lr,
                 "epoch": float(epoch),
                 "time/epoch_s": time.perf_counter() - t0,

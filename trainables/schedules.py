@@ -96,7 +96,7 @@ def ramp(x: float, shape: str, start: float, end: float, sharpness: float = 10.0
 
 
 @dataclass(frozen=True)
-class Schedule:
+class WeightSchedule:
     """A weight multiplier as a pure function of the epoch.
 
     ``kind``: ``constant`` (1), ``ramp_up`` (r), ``ramp_down`` (1 − r).
@@ -115,22 +115,25 @@ class Schedule:
 
     def __post_init__(self, bounded: bool) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"schedule kind {self.kind!r} is not allowed; allowed: {KINDS}")
+            raise ValueError(f"weight schedule kind {self.kind!r} is not allowed; allowed: {KINDS}")
         if self.shape not in SHAPES:
-            raise ValueError(f"schedule shape {self.shape!r} is not allowed; allowed: {SHAPES}")
+            raise ValueError(
+                f"weight schedule shape {self.shape!r} is not allowed; allowed: {SHAPES}"
+            )
         for name in ("start", "end", "sharpness"):
-            _finite(f"schedule {name}", getattr(self, name))
+            _finite(f"weight schedule {name}", getattr(self, name))
         if bounded and not (0.0 <= self.start <= self.end <= 1.0):
             raise ValueError(
-                f"schedule window must satisfy 0 <= start <= end <= 1 (fractions of the planned "
-                f"epochs), got start={self.start}, end={self.end}"
+                f"weight schedule window must satisfy 0 <= start <= end <= 1 (fractions of the "
+                f"planned epochs), got start={self.start}, end={self.end}"
             )
         if not self.start <= self.end:
             raise ValueError(
-                f"schedule window must satisfy start <= end, got start={self.start}, end={self.end}"
+                f"weight schedule window must satisfy start <= end, got start={self.start}, "
+                f"end={self.end}"
             )
         if self.shape in ("sigmoid", "exponential") and self.sharpness <= 0:
-            raise ValueError(f"schedule sharpness must be > 0, got {self.sharpness}")
+            raise ValueError(f"weight schedule sharpness must be > 0, got {self.sharpness}")
 
     def __call__(self, info: EpochInfo) -> float:
         return self.at(info.fraction)
@@ -142,7 +145,7 @@ class Schedule:
         return r if self.kind == "ramp_up" else 1.0 - r
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> Schedule:
+    def from_dict(cls, d: dict[str, Any] | None) -> WeightSchedule:
         return cls(**(d or {}))
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,9 +158,9 @@ class Schedule:
         return f"{self.kind}[{self.shape}{extra}]({self.start:g}->{self.end:g})"
 
 
-def warmup(epochs: float, of_epochs: float) -> Schedule:
+def warmup(epochs: float, of_epochs: float) -> WeightSchedule:
     """The published linear warm-up ``min(e / epochs, 1)`` for a recipe of ``of_epochs``."""
-    return Schedule(kind="ramp_up", shape="linear", start=0.0, end=epochs / of_epochs)
+    return WeightSchedule(kind="ramp_up", shape="linear", start=0.0, end=epochs / of_epochs)
 
 
 @dataclass(frozen=True)
@@ -226,15 +229,15 @@ class Handoff:
         lo = self.center - crossing(self.shape, self.sharpness) * self.width
         return lo, lo + self.width
 
-    def schedules(self) -> tuple[Schedule, Schedule]:
+    def schedules(self) -> tuple[WeightSchedule, WeightSchedule]:
         """(W-side schedule, KL-side schedule)."""
         if self.mode == "complementary":
             lo, hi = self.window()
-            w = Schedule("ramp_down", self.shape, lo, hi, self.sharpness, bounded=False)
-            kl = Schedule("ramp_up", self.shape, lo, hi, self.sharpness, bounded=False)
+            w = WeightSchedule("ramp_down", self.shape, lo, hi, self.sharpness, bounded=False)
+            kl = WeightSchedule("ramp_up", self.shape, lo, hi, self.sharpness, bounded=False)
             return w, kl
-        w = Schedule("ramp_down", self.w_shape, self.w_start, self.w_end, self.w_sharpness)
-        kl = Schedule("ramp_up", self.kl_shape, self.kl_start, self.kl_end, self.kl_sharpness)
+        w = WeightSchedule("ramp_down", self.w_shape, self.w_start, self.w_end, self.w_sharpness)
+        kl = WeightSchedule("ramp_up", self.kl_shape, self.kl_start, self.kl_end, self.kl_sharpness)
         return w, kl
 
     def earliest_change(self) -> float:

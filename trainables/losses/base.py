@@ -1,7 +1,7 @@
 """The loss interface and the Criterion that sums weighted parts.
 
 A ``DistillLoss`` returns *unweighted* named parts; the ``Criterion`` owns every
-weight: ``weight(part) = term weight × term schedule(epoch) × part coefficient``,
+weight: ``weight(part) = term weight × weight_schedule(epoch) × part coefficient``,
 except for the parts a loss declares unscheduled (WKD-L's target term L_t is
 never decayed, methods.md §3/§6). Schedules are pure functions of the epoch, so
 resuming needs no schedule state; loss *state* (GKL's class prior, WKD-F's
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from trainables.schedules import Schedule
+from trainables.schedules import WeightSchedule
 from trainables.types import EpochInfo, ModelOutputs
 
 
@@ -122,7 +122,7 @@ class Term:
     name: str
     loss: DistillLoss
     weight: float
-    schedule: Schedule
+    weight_schedule: WeightSchedule
 
 
 @dataclass
@@ -132,12 +132,12 @@ class CriterionOutput:
     parts: dict[str, Tensor]
     #: unweighted diagnostics "term/key" -> tensor
     diagnostics: dict[str, Tensor]
-    #: the schedule weight of each term at this epoch ("weight/<term>")
+    #: term weight × weight_schedule of each term at this epoch ("weight/<term>")
     weights: dict[str, float]
 
 
 class Criterion(nn.Module):
-    """Σ_terms weight · schedule(epoch) · Σ_parts coefficient · part."""
+    """Σ_terms weight · weight_schedule(epoch) · Σ_parts coefficient · part."""
 
     def __init__(self, terms: list[Term]) -> None:
         super().__init__()
@@ -155,7 +155,7 @@ class Criterion(nn.Module):
         return any(t.loss.needs_teacher for t in self.terms)
 
     def term_weights(self, info: EpochInfo) -> dict[str, float]:
-        return {t.name: t.weight * t.schedule(info) for t in self.terms}
+        return {t.name: t.weight * t.weight_schedule(info) for t in self.terms}
 
     def forward(  # type: ignore[override]
         self, student: ModelOutputs, teacher: ModelOutputs, target: Tensor, info: EpochInfo
@@ -207,7 +207,9 @@ class Criterion(nn.Module):
         """A readable formula, e.g. ``1*ce + 600*ramp_down[cosine](0.625->1)*wkd_l(...)``."""
         out = []
         for t in self.terms:
-            sched = "" if t.schedule.kind == "constant" else f"{t.schedule.describe()}*"
+            sched = (
+                "" if t.weight_schedule.kind == "constant" else f"{t.weight_schedule.describe()}*"
+            )
             out.append(f"{t.weight:g}*{sched}{t.loss.describe()}")
         return " + ".join(out)
 

@@ -20,17 +20,17 @@ class DKDParams:
     ``trainables.config`` when a config leaves them unset."""
 
     temperature: float = 4.0  # DKD CIFAR default (methods.md §2)
-    alpha: float = 1.0  # TCKD weight, DKD CIFAR default
-    beta: float = 8.0  # NCKD weight, DKD CIFAR default (2 or 6 for some pairs; WKL uses 2)
+    tckd_weight: float = 1.0  # TCKD weight, DKD CIFAR default
+    nckd_weight: float = 8.0  # NCKD weight, DKD CIFAR default (2 or 6 for some pairs; WKL uses 2)
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "alpha", "beta"):
+        for name in ("temperature", "tckd_weight", "nckd_weight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ValueError(f"dkd.{name} must be a finite number, got {v!r}")
         if self.temperature <= 0:
             raise ValueError(f"dkd.temperature must be > 0, got {self.temperature}")
-        for name in ("alpha", "beta"):
+        for name in ("tckd_weight", "nckd_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"dkd.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -38,8 +38,8 @@ class DKDParams:
 #: The published DKD settings per CIFAR-100 (teacher, student) pair (methods.md §2: the
 #: authors' per-pair configs): α = 1, T = 4 everywhere; β = 8 except the pairs below.
 PUBLISHED: dict[tuple[str, str], dict[str, float]] = {
-    pair: {"alpha": 1.0, "beta": beta, "temperature": 4.0}
-    for pair, beta in {
+    pair: {"tckd_weight": 1.0, "nckd_weight": nckd_weight, "temperature": 4.0}
+    for pair, nckd_weight in {
         ("resnet32x4", "resnet8x4"): 8.0,
         ("resnet56", "resnet20"): 2.0,
         ("resnet110", "resnet32"): 2.0,
@@ -57,7 +57,7 @@ PUBLISHED: dict[tuple[str, str], dict[str, float]] = {
 #: WKL's KL side (methods.md §6): DKD(α = 1, β = 2) for every pair, at the pair's WKL
 #: temperature (= its WKD-L T); unknown pairs take the reference RN32x4->RN8x4 T = 8,
 #: like WKD-L's generic default.
-WKL_KL_SIDE: dict[str, float] = {"alpha": 1.0, "beta": 2.0, "temperature": 8.0}
+WKL_KL_SIDE: dict[str, float] = {"tckd_weight": 1.0, "nckd_weight": 2.0, "temperature": 8.0}
 WKL_TEMPERATURE: dict[tuple[str, str], float] = {
     ("resnet32x4", "resnet8x4"): 8.0,
     ("wrn_40_2", "ShuffleV1"): 6.0,
@@ -91,7 +91,7 @@ class DKDLoss(DistillLoss):
         self.temperature = params.temperature
 
     def coefficients(self) -> dict[str, float]:
-        return {"tckd": self.params.alpha, "nckd": self.params.beta}
+        return {"tckd": self.params.tckd_weight, "nckd": self.params.nckd_weight}
 
     def setup(self, student: ModelOutputs, teacher: ModelOutputs, num_classes: int) -> None:
         if num_classes <= 2:

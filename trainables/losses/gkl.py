@@ -16,36 +16,45 @@ from trainables.types import EpochInfo, ModelOutputs
 
 @dataclass(frozen=True)
 class GKLParams:
-    """Paper naming: total = α·wMSE + β·softCE (the released configs swap ALPHA/BETA)."""
+    """total = wmse_weight·wMSE + soft_ce_weight·softCE: the paper's α·wMSE + β·softCE (the
+    released configs swap ALPHA/BETA); pair_weight_exponent is the paper's γ (methods.md §7)."""
 
     temperature: float = 4.0  # T, GKL CIFAR (methods.md §7)
     prior_temperature: float = 4.0  # T2, GKL CIFAR (IKL uses 100)
-    gamma: float = 0.05  # γ, GKL CIFAR RN32x4->RN8x4
-    alpha: float = 16.0  # wMSE weight (paper α), GKL CIFAR RN32x4->RN8x4
-    beta: float = 1.0  # softCE weight (paper β), GKL CIFAR RN32x4->RN8x4
+    pair_weight_exponent: float = 0.05  # paper γ, GKL CIFAR RN32x4->RN8x4
+    wmse_weight: float = 16.0  # paper α, GKL CIFAR RN32x4->RN8x4
+    soft_ce_weight: float = 1.0  # paper β, GKL CIFAR RN32x4->RN8x4
     class_prior: bool = True  # GI: class-wise global information, RN32x4->RN8x4 "yes"
-    normalize: str = "weight"  # "weight" (GKL) | "batch" (IKL, with gamma = 1)
+    normalize: str = "weight"  # "weight" (GKL) | "batch" (IKL, with pair_weight_exponent 1)
 
     def __post_init__(self) -> None:
         if self.normalize not in ("weight", "batch"):
             raise ValueError(f"gkl.normalize {self.normalize!r}; allowed: weight, batch")
-        for name in ("temperature", "prior_temperature", "gamma", "alpha", "beta"):
+        for name in (
+            "temperature",
+            "prior_temperature",
+            "pair_weight_exponent",
+            "wmse_weight",
+            "soft_ce_weight",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ValueError(f"gkl.{name} must be a finite number, got {v!r}")
         for name in ("temperature", "prior_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"gkl.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("gamma", "alpha", "beta"):
+        for name in ("pair_weight_exponent", "wmse_weight", "soft_ce_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"gkl.{name} must be >= 0, got {getattr(self, name)}")
 
 
-def _gkl(alpha: float, beta: float, gamma: float, gi: bool) -> dict[str, Any]:
+def _gkl(
+    wmse_weight: float, soft_ce_weight: float, pair_weight_exponent: float, gi: bool
+) -> dict[str, Any]:
     return {
-        "alpha": alpha,
-        "beta": beta,
-        "gamma": gamma,
+        "wmse_weight": wmse_weight,
+        "soft_ce_weight": soft_ce_weight,
+        "pair_weight_exponent": pair_weight_exponent,
         "class_prior": gi,
         "temperature": 4.0,
         "prior_temperature": 4.0,
@@ -73,7 +82,7 @@ PUBLISHED: dict[tuple[str, str], dict[str, Any]] = {
 
 #: IKL (methods.md §7): γ = 1, normalised by B, GI off, T2 = 100, T = 4 for every pair...
 IKL: dict[str, Any] = {
-    "gamma": 1.0,
+    "pair_weight_exponent": 1.0,
     "normalize": "batch",
     "class_prior": False,
     "prior_temperature": 100.0,
@@ -81,7 +90,7 @@ IKL: dict[str, Any] = {
 }
 #: ... and the paper's (α, β) per CIFAR-100 pair.
 PUBLISHED_IKL: dict[tuple[str, str], dict[str, float]] = {
-    pair: {"alpha": a, "beta": b}
+    pair: {"wmse_weight": a, "soft_ce_weight": b}
     for pair, (a, b) in {
         ("resnet32x4", "resnet8x4"): (8.0, 1.0),
         ("resnet56", "resnet20"): (4.0, 1.0),
@@ -146,7 +155,7 @@ class GKLLoss(DistillLoss):
             self.prior_count = torch.zeros(num_classes, device=dev)
 
     def coefficients(self) -> dict[str, float]:
-        return {"wmse": self.params.alpha, "soft_ce": self.params.beta}
+        return {"wmse": self.params.wmse_weight, "soft_ce": self.params.soft_ce_weight}
 
     def on_epoch_start(self, info: EpochInfo) -> None:
         self.prior_sum.zero_()
@@ -171,7 +180,7 @@ class GKLLoss(DistillLoss):
             teacher.logits,
             target,
             p.temperature,
-            p.gamma,
+            p.pair_weight_exponent,
             prior,
             p.prior_temperature,
             normalize=p.normalize,

@@ -22,7 +22,7 @@ class KD2MParams:
     distance: str = "gaussian_w2"  # the Gaussian rows of the KD²M results (methods.md §8)
     diagonal: bool = True  # the Gaussian rows use the diagonal form (methods.md §8)
     ridge: float = 1e-4  # ε·I for the full-covariance KL when n < d (our choice, stated)
-    beta: float = 1.0  # JW2 logit-cost weight (not published; 1 = equal footing)
+    logit_cost_weight: float = 1.0  # JW2 logit-cost weight (not published; 1 = equal footing)
     logit_cost: str = "sqeuclidean"  # JW2 ℓ: squared logit distance (§8 default) | "kl"
 
     def __post_init__(self) -> None:
@@ -30,7 +30,7 @@ class KD2MParams:
             raise ValueError(f"kd2m.distance {self.distance!r}; allowed: {DISTANCES}")
         if self.logit_cost not in LOGIT_COSTS:
             raise ValueError(f"kd2m.logit_cost {self.logit_cost!r}; allowed: {LOGIT_COSTS}")
-        for name in ("ridge", "beta"):
+        for name in ("ridge", "logit_cost_weight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ValueError(f"kd2m.{name} must be a finite number, got {v!r}")
@@ -66,7 +66,9 @@ class KD2MLoss(DistillLoss):
         elif p.distance == "cw2":
             d = F.cw2(fs, ft, target)
         elif p.distance == "jw2":
-            d = F.jw2(fs, ft, student.logits, teacher.logits.detach(), p.beta, p.logit_cost)
+            d = F.jw2(
+                fs, ft, student.logits, teacher.logits.detach(), p.logit_cost_weight, p.logit_cost
+            )
         elif p.distance == "gaussian_w2":
             d = F.gaussian_w2(fs, ft, p.diagonal)
         elif p.distance == "gaussian_cw2":

@@ -30,7 +30,7 @@ def gkl(
     teacher_logits: Tensor,
     target: Tensor,
     temperature: float,
-    gamma: float,
+    pair_weight_exponent: float,
     class_prior: Tensor | None,
     prior_temperature: float,
     normalize: str = "weight",
@@ -46,12 +46,12 @@ def gkl(
     ``Σ_jk w_j w_k (d_j − d_k)² = 2 S Σ_j w_j (d_j − d̄)²`` with ``d = z_t − z_s``,
     ``S = Σ_j w_j``, ``d̄ = Σ_j w_j d_j / S`` (not the paper's Algorithm 2, which is
     wrong unless Σ_j w_j = 1). ``soft_ce = −mean_b Σ_j p_t^T(j) log p_s^T(j)``, no T².
-    The total ``α·wmse + β·soft_ce`` and the warm-up are the caller's (``GKLParams``;
-    the released configs swap the names α/β — methods §7).
+    The total ``wmse_weight·wmse + soft_ce_weight·soft_ce`` (α, β) and the warm-up are the
+    caller's (``GKLParams``; the released configs swap the names α/β — methods §7).
 
     Args:
         temperature: T of soft_ce (CIFAR 4, ImageNet 1).
-        gamma: exponent γ ≥ 0 (γ = 0: uniform weights).
+        pair_weight_exponent: γ ≥ 0, the exponent of the pair weights (0: uniform weights).
         class_prior: ``[C, C]`` class-mean teacher probabilities (row c for class c) or None.
         prior_temperature: T2 of the per-sample weights (used when ``class_prior`` is None).
         normalize: ``"weight"`` (GKL) or ``"batch"`` (IKL).
@@ -59,8 +59,8 @@ def gkl(
     _check_logits(student_logits, teacher_logits)
     _check_temperature(temperature)
     _check_temperature(prior_temperature, "prior_temperature")
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if pair_weight_exponent < 0:
+        raise ValueError(f"pair_weight_exponent must be >= 0, got {pair_weight_exponent}")
     if normalize not in ("weight", "batch"):
         raise ValueError(f"normalize must be 'weight' or 'batch', got {normalize!r}")
     B, C = student_logits.shape
@@ -72,7 +72,7 @@ def gkl(
             s = class_prior.detach().to(zt)[target.long()]
         else:
             s = torch.softmax(zt / prior_temperature, dim=1)
-        w = s.pow(gamma)  # 0^0 = 1: γ = 0 gives uniform weights even for zero priors
+        w = s.pow(pair_weight_exponent)  # 0^0 = 1: γ = 0 gives uniform weights even for zero priors
         S = w.sum(1)
     d = zt.to(student_logits.dtype) - student_logits
     d_bar = (w * d).sum(1, keepdim=True) / S[:, None]

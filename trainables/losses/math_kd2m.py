@@ -154,7 +154,7 @@ def jw2(
     ft: Tensor,
     student_logits: Tensor,
     teacher_logits: Tensor,
-    beta: float,
+    logit_cost_weight: float,
     logit_cost: str = "sqeuclidean",
 ) -> Tensor:
     """Joint (feature, logit) empirical W2² (methods.md §8, KD²M "JW2").
@@ -171,7 +171,8 @@ def jw2(
     Args:
         fs, ft: ``[n, d]`` student / teacher features (teacher detached).
         student_logits, teacher_logits: ``[n, K]`` logits (teacher detached).
-        beta: logit-cost weight ``β`` (no published value; the Params state theirs).
+        logit_cost_weight: β, the weight of the logit cost (no published value; see
+            ``KD2MParams``).
         logit_cost: ``"sqeuclidean"`` or ``"kl"``.
     """
     _check_pair(fs, ft)
@@ -191,7 +192,7 @@ def jw2(
         logit_part = _pairwise_kl(zs, zt).clamp_min(0.0)
     else:
         logit_part = _squared_distances(zs, zt)
-    cost = feat_cost / scale + beta * logit_part
+    cost = feat_cost / scale + logit_cost_weight * logit_part
     return (_exact_plan(cost) * cost).sum()
 
 

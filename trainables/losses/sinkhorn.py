@@ -145,11 +145,11 @@ def _pcg(
     for k in range(1, max_iters + 1):  # noqa: B007 - k is the returned count
         ad = apply(d).addcmul_(m_scaled, torch.linalg.vecdot(null_weight, d).unsqueeze_(1))
         # a row whose residual is exactly 0 has d = 0, and a rounding-level dᵀAd <= 0
-        # has no usable curvature: alpha = 0 for both (not NaN, not a huge step)
+        # has no usable curvature: step = 0 for both (not NaN, not a huge step)
         dad = torch.linalg.vecdot(d, ad)
-        alpha = torch.where(dad > 0, rz / dad.clamp_min(tiny), 0.0).unsqueeze_(1)
-        x.addcmul_(alpha, d)
-        r.addcmul_(alpha, ad, value=-1.0)
+        step = torch.where(dad > 0, rz / dad.clamp_min(tiny), 0.0).unsqueeze_(1)
+        x.addcmul_(step, d)
+        r.addcmul_(step, ad, value=-1.0)
         torch.mul(inv_diag, r, out=z)
         rz_new = torch.linalg.vecdot(r, z)
         if k % check_every == 0 and not bool((rz_new > stop).any()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from study.report import TrialSummary, config_group, leaderboard
+from study.leaderboard import TrialSummary, config_group, leaderboard
 
 
 def trial(tid: str, seed: int, value: float, w: float, epochs: int = 4, role: str = "trial"):
