@@ -223,6 +223,10 @@ class MLflowStudyCallback(Callback):
 
     def _log_error(self, trial: Any, *, final: bool) -> None:
         text = _error_text(trial)
+        if trial.trial_id not in self._open:
+            # failed before its start reached this callback (e.g. its worker was killed while
+            # starting): the run must exist before the error is logged to it
+            self._ensure_run(trial)
         if final:
             self._log_outputs(trial)
             if text:

@@ -120,7 +120,8 @@ def _table(lines: list[str]) -> str:
 
 def markdown_to_html(md: str, *, heading_offset: int = 0) -> str:
     """A small Markdown subset to HTML: paragraphs, ``#``/``##`` headings, ``- `` bullet
-    lists, inline `code`, **bold** and GitHub pipe tables (header, ``|---|``, rows).
+    lists, inline `code`, **bold**, a paragraph in ``_underscores_`` (italic) and GitHub
+    pipe tables (header, ``|---|``, rows).
 
     All text is escaped with :func:`html.escape` first, so markup in the input (e.g. a
     ``<script>`` tag) shows as text. ``heading_offset`` shifts heading levels (``# `` becomes
@@ -133,7 +134,12 @@ def markdown_to_html(md: str, *, heading_offset: int = 0) -> str:
 
     def flush() -> None:
         if para:
-            out.append("<p>" + _inline(" ".join(p.strip() for p in para)) + "</p>")
+            text = " ".join(p.strip() for p in para)
+            if len(text) > 2 and text.startswith("_") and text.endswith("_"):
+                # a whole paragraph in _underscores_: a table's note, in italics
+                out.append('<p class="note"><em>' + _inline(text[1:-1]) + "</em></p>")
+            else:
+                out.append("<p>" + _inline(text) + "</p>")
             para.clear()
         if items:
             out.append("<ul>\n" + "\n".join(f"<li>{_inline(i)}</li>" for i in items) + "\n</ul>")

@@ -57,15 +57,18 @@ def start_ray(address: str | None) -> None:
 
 
 def route_ray_logs(storage: Path, *, verbose: bool) -> Path:
-    """Ray Tune's own messages (a failed trial's full traceback, warnings) go to
-    ``<storage>/study.log``; the console keeps the study's one line per trial. With
-    ``verbose`` they go to both."""
+    """Ray Tune's own messages (a failed trial's full traceback, warnings) and the driver's
+    Python warnings go to ``<storage>/study.log``; the console keeps the study's one line
+    per trial. With ``verbose`` they go to both."""
     import logging
 
     log_file = storage / "study.log"
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("ray.tune", "ray.train", "ray.air"):
+    # Python warnings raised in the driver by Ray and Optuna (e.g. "define-by-run function
+    # took 1.0 seconds") go there too
+    logging.captureWarnings(True)
+    for name in ("ray.tune", "ray.train", "ray.air", "py.warnings"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = verbose

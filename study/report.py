@@ -27,6 +27,7 @@ import io
 import json
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ HEADLINE = "test/top1"  # the last epoch's test top-1 of a final run
 BEST_EPOCH = "test/top1_best"  # the best epoch's (mdistiller-style; picked on the test set)
 LOSS_METRICS = {"kl": "diag/kl", "tc": "diag/tc", "nc": "diag/nc", "w": "diag/w"}
 RUNG_RELIABLE = 0.5  # Spearman below this: early stopping ranked trials unreliably
+RUNG_MIN_TRIALS = 5  # fewer complete trials: a rank correlation says nothing either way
 
 
 class ReportError(RuntimeError):
@@ -257,7 +259,9 @@ def importances(storage: Path, url: str | None) -> tuple[dict[str, float], str]:
         done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if len(done) < 2:
             return {}, f"{len(done)} complete trial(s): too few for importances"
-        values = optuna.importance.get_param_importances(st)
+        with warnings.catch_warnings():  # "some regimes have less than 2 trials": noted below
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(st)
         evaluator = "Optuna's default evaluator (fANOVA) over " + f"{len(done)} complete trials"
         return {k: float(v) for k, v in values.items()}, evaluator
     except Exception as exc:  # no parameter common to all trials, an unreachable storage...
@@ -340,6 +344,8 @@ def build(storage: Path, *, log_to_mlflow: bool = True, quiet: bool = False) -> 
             f"{storage}`). The tuning numbers below are optimistic for the winner."
         )
     sections.append(("Final runs (test split): the claims", final_md))
+    if headline:
+        sections.insert(0, ("In one sentence", _one_sentence(headline, comparisons)))
 
     # tuning (validation) ------------------------------------------------------------
     tmd, trows = tuning_table(leaderboard, metric)
@@ -460,7 +466,12 @@ def build(storage: Path, *, log_to_mlflow: bool = True, quiet: bool = False) -> 
     agreement = rung_agreement(trials, metric, rungs, spec.objective.mode)
     summary["rung_agreement"] = agreement
     for r, rho, n in agreement:
-        if not rho >= RUNG_RELIABLE:
+        if n < RUNG_MIN_TRIALS:
+            notes.append(
+                f"early stopping not checked at epoch {r}: only {n} trials ran the full "
+                f"budget (at least {RUNG_MIN_TRIALS} are needed for a rank agreement)"
+            )
+        elif not rho >= RUNG_RELIABLE:
             notes.append(
                 f"early stopping was unreliable at epoch {r}: rank agreement with the final "
                 f"ranking {rho:+.2f} over {n} trials (below {RUNG_RELIABLE})"
@@ -486,10 +497,29 @@ def build(storage: Path, *, log_to_mlflow: bool = True, quiet: bool = False) -> 
     summary["notes"] = notes
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     if not quiet:
-        print(_console(sections[0][1], notes, out))
+        print(_console(headline, comparisons, n_test, notes, out))
     if log_to_mlflow:
         _log_to_mlflow(meta, storage, out, comparisons, headline)
     return summary
+
+
+def _one_sentence(headline: dict[str, dict[int, float]], comparisons: list[Any]) -> str:
+    """Who won on the test split, and what the best searched configuration's difference
+    from the strongest baseline is, with its interval and verdict."""
+    ranked = sorted(headline, key=lambda a: -stats.summarize_arm(headline[a]).mean)
+    top = stats.summarize_arm(headline[ranked[0]])
+    text = (
+        f"Highest last-epoch test top-1: **{ranked[0]}** ({top.mean:.2f} ± {_f(top.std)} over "
+        f"{top.n} seeds)."
+    )
+    if comparisons:
+        c = min(comparisons, key=lambda c: c.delta)
+        text += (
+            f" The best searched configuration against the strongest baseline: "
+            f"**{c.name_a} − {c.name_b} = {c.delta:+.2f} points** (95% CI [{c.ci_low:+.2f}, "
+            f"{c.ci_high:+.2f}], seed-paired): {c.verdict.split(': ', 1)[-1]}."
+        )
+    return text
 
 
 def stats_group(t: Trial) -> str:
@@ -525,9 +555,37 @@ def _write_table(tabdir: Path, name: str, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(tabdir / f"{name}.csv", rows_to_csv(rows))
 
 
-def _console(final_md: str, notes: list[str], out: Path) -> str:
-    text = [final_md.replace("**", ""), ""]
-    text += [f"warning: {n}" for n in notes]
+def _console(
+    headline: dict[str, dict[int, float]],
+    comparisons: list[Any],
+    n_test: int | None,
+    notes: list[str],
+    out: Path,
+) -> str:
+    """The end of a study's console: the final result per arm and one line per
+    comparison (the report files hold the full tables)."""
+    if not headline:
+        text = ["No final runs yet: no claim (python study/final.py --study DIR runs them)."]
+    else:
+        n = max(len(v) for v in headline.values())
+        text = [
+            f"Final runs: last-epoch test top-1 (%), {n} fresh seeds, "
+            f"test split of {n_test or '?'} images",
+            "",
+            f"{'arm':<12}{'mean':>8}{'std':>7}  per seed",
+        ]
+        for arm, vals in sorted(headline.items(), key=lambda kv: -stats.summarize_arm(kv[1]).mean):
+            s = stats.summarize_arm(vals)
+            per = ", ".join(f"{v:.2f}" for _, v in sorted(vals.items()))
+            text.append(f"{arm:<12}{s.mean:>8.2f}{_f(s.std):>7}  {per}")
+        if comparisons:
+            text += ["", "seed-paired Δ (t interval, Holm-corrected paired t-test):"]
+            for c in comparisons:
+                text.append(
+                    f"  {c.name_a} − {c.name_b}: {c.delta:+.2f} [{c.ci_low:+.2f}, "
+                    f"{c.ci_high:+.2f}]  P(A>B) {c.prob_improvement:.2f}  -> {c.verdict}"
+                )
+    text += [""] + [f"warning: {n}" for n in notes]
     text += [f"report: {out / 'report.html'} (and report.md, tables/, figures/)"]
     return "\n".join(text)
 

@@ -13,3 +13,33 @@ import secrets
 if os.environ.get("RAY_AUTH_MODE", "token") == "token":
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+_SHARED: list[Path] = []
+
+
+def shared_teachers() -> Path:
+    """One digits-teacher registry for the whole test session: the end-to-end studies
+    share a teacher (training it takes ~30 s, minutes on a busy machine) the way studies
+    share ``studies/teachers``; tests of teacher training use their own folder.
+    ``$KDSTUDY_TEST_TEACHERS`` names an existing registry to reuse instead."""
+    given = os.environ.get("KDSTUDY_TEST_TEACHERS")
+    if given:
+        return Path(given)
+    if not _SHARED:
+        _SHARED.append(Path(tempfile.mkdtemp(prefix="kdstudy-teachers-")))
+    return _SHARED[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_shared_teachers() -> Iterator[None]:
+    yield
+    for path in _SHARED:
+        shutil.rmtree(path, ignore_errors=True)

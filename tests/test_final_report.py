@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from scipy import stats as sps
 
+from tests.conftest import shared_teachers
 from tests.test_study_e2e import ENV, REPO, runs_of
 
 FINAL = [sys.executable, str(REPO / "study" / "final.py")]
@@ -33,14 +34,14 @@ def test_final_step_and_report_match_the_stored_runs(tmp_path: Path) -> None:
     storage = tmp_path / "st"
     study = [sys.executable, str(REPO / "study" / "run.py")]
     study += ["--space", str(REPO / "search_spaces" / "quickstart.yaml")]
-    study += ["--storage", str(storage), "--teachers-dir", str(tmp_path / "teachers")]
+    study += ["--storage", str(storage), "--teachers-dir", str(shared_teachers())]
     first = run([*study, "--num-samples", "3", "--max-epochs", "3", "--skip-final"], tmp_path)
     # without final runs the report says so and makes no claim
     assert "No final runs yet" in first.stdout
     assert not (storage / "final").exists()
 
     out = run([*FINAL, "--study", str(storage)], tmp_path).stdout
-    assert "Headline: last-epoch test top-1" in out
+    assert "Final runs: last-epoch test top-1" in out
     run([*REPORT, "--study", str(storage)], tmp_path)
 
     spec = json.loads((storage / "spec.json").read_text())

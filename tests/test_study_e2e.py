@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import shared_teachers
+
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
 # the product's default: token auth on (a private local Ray gets a fresh token)
@@ -39,7 +41,7 @@ def runs_of(storage: Path, experiment: str) -> tuple[object, list, list]:
 
 def study_cmd(tmp_path: Path, storage: Path, *extra: str) -> list[str]:
     space = str(REPO / "search_spaces" / "quickstart.yaml")
-    teachers = str(tmp_path / "teachers")
+    teachers = str(shared_teachers())
     return [*RUN, "--space", space, "--storage", str(storage), "--teachers-dir", teachers, *extra]
 
 
@@ -92,7 +94,7 @@ def test_quickstart_runs_and_tracks_every_trial_once(tmp_path: Path) -> None:
         assert f"\n{name} " in out
     children = check_structure(storage, "quickstart", 16, 6, n_final=12)
     # the final runs and the report (tests/test_final_report.py checks their numbers)
-    assert "Headline: last-epoch test top-1" in out and "against each baseline" in out
+    assert "Final runs: last-epoch test top-1" in out and "seed-paired Δ" in out
     for name in ("report.md", "report.html", "summary.json", "tables/comparisons.csv"):
         assert (storage / "report" / name).is_file(), name
     # stopped-early trials are tagged so the UI can filter them
@@ -180,7 +182,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path:
         "--skip-baselines",
         "--skip-final",
         "--teachers-dir",
-        str(tmp_path / "teachers"),
+        str(shared_teachers()),
     ]
     r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -240,7 +242,7 @@ def test_repeats_run_every_configuration_under_each_seed(tmp_path: Path) -> None
         "--skip-baselines",
         "--skip-final",
     ]
-    cmd += ["--teachers-dir", str(tmp_path / "teachers")]
+    cmd += ["--teachers-dir", str(shared_teachers())]
     dry = subprocess.run([*cmd, "--dry-run"], env=ENV, capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "6 searched trial(s) (3 configurations x 2 seeds [3, 4])" in (
         dry.stdout
