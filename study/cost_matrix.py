@@ -261,6 +261,8 @@ def cached_cost(
         try:
             info = json.loads(sidecar.read_text())
             digest = sha256_file(path)
+            if not isinstance(info, dict):
+                raise ValueError(f"{sidecar} holds a {type(info).__name__}, not a mapping")
             if info.get("key") != dict(key) or info.get("sha256") != digest:
                 logger.warning("cost cache %s does not match its key or hash; rebuilding", path)
                 return None
@@ -269,7 +271,13 @@ def cached_cost(
             # A damaged entry is rebuilt rather than failing the study.
             logger.warning("ignoring unreadable cost cache %s: %s", path, err)
             return None
-        if not isinstance(d, Tensor):
+        if (
+            not isinstance(d, Tensor)
+            or d.dim() != 2
+            or d.shape[0] != d.shape[1]
+            or not bool(torch.isfinite(d).all())
+        ):
+            logger.warning("cost cache %s is not a finite square matrix; rebuilding", path)
             return None
         return CostMatrix(d, path, digest, True, dict(key))
 

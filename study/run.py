@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,13 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from study.cli_checks import (
+    OneLineParser,
+    check_cost_file,
+    check_flags,
+    check_space,
+    dataset_classes,
+)
 from study.interrupts import STOP, StudyInterrupted
 from study.ray_phases import ray_address, run_tuners
 from study.resources import ResourceUnavailable
@@ -45,7 +53,7 @@ MLFLOW_WAIT_ENV = "KDSTUDY_MLFLOW_WAIT_S"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="study/run.py", description="Run a knowledge-distillation hyperparameter study."
     )
     p.add_argument("--space", required=True, help="study YAML (search_spaces/*.yaml)")
@@ -113,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         v = getattr(args, flag)
         if v is not None:
             if v < (0 if flag == "seed" else 1):
-                return bad_input(f"--{flag.replace('_', '-')}: {v} (must be >= 1)")
+                least = 0 if flag == "seed" else 1
+                return bad_input(f"--{flag.replace('_', '-')}: {v} (must be >= {least})")
             overrides[key] = v
+    space_error = check_space(args.space)
+    if space_error:
+        return bad_input(space_error)
     try:
         spec = load_spec(args.space, overrides)
     except SpecError as exc:
@@ -125,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.space}: trial.student.checkpoint: {student_ckpt} is not a file "
             "(pretrained student weights: a state dict readable with weights_only=True)"
         )
+    cost_path = spec.trial_config.cost.path
+    if cost_path:
+        cost_error = check_cost_file(cost_path, dataset_classes(spec.trial_config.data.dataset))
+        if cost_error:
+            return bad_input(f"{args.space}: {cost_error}")
+    flag_error = check_flags(args, Path(args.storage or Path("studies") / spec.name).resolve())
+    if flag_error:
+        return bad_input(flag_error)
     from study.space import trial_count
 
     n_trials = trial_count(spec)
@@ -191,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     # what finishes this study (an interruption, undelivered MLflow writes name it)
     args.resume_command = resume_command(argv, storage)
     STOP.install()  # Ctrl-C / SIGTERM: stop within seconds, resumable (study/interrupts.py)
+    fresh = not storage.exists()  # this invocation creates the study directory
     try:
         return run_study(spec, args, storage, n_trials)
     except (StudyInterrupted, KeyboardInterrupt) as exc:
@@ -203,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
             what = f"nothing started; run it again with: {resume_command(argv, storage, False)}"
         print(f"\ninterrupted ({name}): {what}", file=sys.stderr)
         return code
-    except ResourceUnavailable as exc:  # no MLflow run stays RUNNING (run_study ends them)
+    except ResourceUnavailable as exc:
+        # refused before any trial ran: a study directory this invocation created (its
+        # SQLite MLflow store and default teacher registry inside) is removed, so nothing is
+        # left half-done; a remote MLflow keeps the parent run, ended FAILED (run_study)
+        if fresh and not args.resume:
+            shutil.rmtree(storage, ignore_errors=True)
         return bad_input(str(exc))
     finally:
         STOP.restore()

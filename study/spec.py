@@ -45,9 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 from study.final import FinalSpec, parse_final
+from study.spec_yaml import SpecError, deep_merge, load_yaml, merge_terms
 from trainables.config import (
     RECIPE_FAMILIES,
     ConfigError,
@@ -82,10 +81,6 @@ SEARCHERS = ("tpe", "random", "grid")
 TRIAL_SCHEDULERS = ("fifo", "asha", "pbt", "median")
 PARAM_TYPES = ("float", "int", "categorical")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-class SpecError(ValueError):
-    """One line: file, key path, the bad value and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -247,9 +242,9 @@ class StudySpec:
         if recipe["losses"] is None:
             losses = losses_over
         else:
-            losses = _merge_terms(recipe["losses"], losses_over or {})
-        cfg = _deep_merge(task, {"family": b.family, "optim": recipe["optim"]})
-        cfg = _deep_merge(cfg, over)
+            losses = merge_terms(recipe["losses"], losses_over or {})
+        cfg = deep_merge(task, {"family": b.family, "optim": recipe["optim"]})
+        cfg = deep_merge(cfg, over)
         cfg["losses"] = losses
         if handoff is not None:
             cfg["handoff"] = handoff
@@ -300,58 +295,6 @@ class StudySpec:
 
 
 # -- loading ----------------------------------------------------------------------------
-def load_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a study file and resolve ``extends:`` (relative to the file)."""
-    path = path.resolve()
-    if path in _seen:
-        chain = " -> ".join(p.name for p in (*_seen, path))
-        raise SpecError(f"{path.name}: extends: circular chain ({chain})")
-    if not path.is_file():
-        where = f" (extended by {_seen[-1].name})" if _seen else ""
-        raise SpecError(f"{path}: no such study file{where}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{path.name}: {where}invalid YAML: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path.name}: top level must be a mapping, got {type(raw).__name__}")
-    parent = raw.pop("extends", None)
-    if parent is None:
-        return raw
-    if not isinstance(parent, str):
-        raise SpecError(f"{path.name}: extends: expected a file name, got {parent!r}")
-    base = load_yaml(path.parent / parent, (*_seen, path))
-    return _deep_merge(base, raw)
-
-
-def _merge_terms(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Loss terms: ``over``'s settings deep-merge into ``base``'s; a ``null`` term is dropped."""
-    out = copy.deepcopy(base)
-    for name, spec in over.items():
-        if spec is None:
-            out.pop(name, None)
-        elif isinstance(spec, dict) and isinstance(out.get(name), dict):
-            out[name] = _deep_merge(out[name], spec)
-        else:
-            out[name] = copy.deepcopy(spec)
-    return out
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
     """Load, merge, apply CLI overrides (dotted top-level paths) and validate."""
     path = Path(path)
@@ -419,6 +362,24 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
             "pbt cannot be combined with a search algorithm",
             "use searcher.kind: random with pbt (Ray: PBT mutates, it does not search)",
         )
+    if not isinstance(searcher.seed, int) or isinstance(searcher.seed, bool):
+        err("searcher.seed", f"{searcher.seed!r}", "an integer")
+    st = searcher.startup_trials
+    if st is not None and (isinstance(st, bool) or not isinstance(st, int) or st < 1):
+        err("searcher.startup_trials", f"{st!r}", "an integer >= 1, or null (sized to samples)")
+    if not math.isfinite(trial_scheduler.reduction_factor):
+        err(
+            "trial_scheduler.reduction_factor",
+            f"{trial_scheduler.reduction_factor}",
+            "a finite number > 1",
+        )
+    if not 0 < trial_scheduler.perturbation_interval <= 1:
+        err(
+            "trial_scheduler.perturbation_interval",
+            f"{trial_scheduler.perturbation_interval}",
+            "a fraction of epochs in (0, 1]",
+        )
+    _int(trial_scheduler.min_samples_required, "trial_scheduler.min_samples_required", err, 1)
     samples = _int(raw.get("samples", 16), "samples", err, minimum=1)
     concurrency = _int(raw.get("concurrency", 2), "concurrency", err, minimum=1)
     resources = raw.get("resources") or {}
@@ -427,8 +388,12 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
     for k, v in resources.items():
         if k not in ("cpu", "gpu"):
             err(f"resources.{k}", "unknown key", "allowed: cpu, gpu")
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-            err(f"resources.{k}", f"{v!r}", "a number >= 0 (gpu may be fractional, e.g. 0.5)")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+            err(
+                f"resources.{k}",
+                f"{v!r}",
+                "a finite number >= 0 (gpu may be fractional, e.g. 0.5)",
+            )
     res = {"cpu": float(resources.get("cpu", 1)), "gpu": float(resources.get("gpu", 0))}
     seeds = raw.get("seeds", [0])
     if (
@@ -462,9 +427,9 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
     if repeats > 1 and any(p.name == "seed" for p in search):
         err("repeats", f"{repeats} with seed searched", "search the seed or repeat, not both")
     baselines = _parse_baselines(raw.get("baselines") or {}, trial, seeds, err)
-    failure = raw.get("failure") or {}
+    failure = _section(raw, "failure", ("max_failures",), err)
     max_failures = _int(failure.get("max_failures", 2), "failure.max_failures", err, minimum=0)
-    ckpts = raw.get("checkpoints") or {}
+    ckpts = _section(raw, "checkpoints", ("num_to_keep",), err)
     # Retention: resuming needs only the latest checkpoint (best/last weights, logits and
     # per-class accuracy are kept apart, in the trial's output folder); PBT exploits copy
     # donors' checkpoints, so it keeps them all (platform.md: a deleted donor hung PBT).
@@ -483,6 +448,8 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
             "letters, digits, '.', '_', '-'; starting with a "
             "letter or digit; at most 100 characters",
         )
+    if not isinstance(raw.get("description", ""), str):
+        err("description", f"{str(raw['description'])[:80]!r}", "a string")
     final = parse_final(raw.get("final"), seeds, trial, search, err)
     spec = StudySpec(
         path=path.resolve(),
@@ -526,6 +493,19 @@ class _Err:
         raise SpecError(f"{self.fname}: {key}: {what}{tail}")
 
 
+def _section(raw: dict[str, Any], key: str, allowed: tuple[str, ...], err: _Err) -> dict[str, Any]:
+    """An optional mapping section with a fixed set of keys."""
+    section = raw.get(key)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        err(key, f"{section!r}", f"a mapping {{{', '.join(allowed)}}}")
+    for k in section:
+        if k not in allowed:
+            err(f"{key}.{k}", "unknown key", f"allowed: {', '.join(allowed)}")
+    return section
+
+
 def _int(v: Any, key: str, err: _Err, minimum: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         err(key, f"{v!r}", f"an integer >= {minimum}")
@@ -546,6 +526,10 @@ def _dc(cls: type, raw: Any, key: str, err: _Err) -> Any:
             err(f"{key}.{k}", f"{v!r}", f"expected {type(default).__name__}")
         if isinstance(default, int | float) and not isinstance(v, int | float):
             err(f"{key}.{k}", f"{v!r}", "expected a number")
+        if isinstance(default, int) and not isinstance(default, bool) and not isinstance(v, int):
+            err(f"{key}.{k}", f"{v!r}", "expected an integer")
+        if isinstance(v, float) and math.isnan(v):
+            err(f"{key}.{k}", f"{v!r}", "expected a number, not NaN")
         if isinstance(default, str) and not isinstance(v, str):
             err(f"{key}.{k}", f"{v!r}", "expected a string")
     return cls(**raw)
@@ -570,6 +554,8 @@ def _parse_search(raw: Any, trial: dict[str, Any], err: _Err) -> list[Param]:
         if tp not in PARAM_TYPES:
             err(f"{key}.type", f"{tp!r}", f"allowed: {', '.join(PARAM_TYPES)}")
         when: dict[str, tuple[Any, ...]] = {}
+        if not isinstance(spec.get("when") or {}, dict):
+            err(f"{key}.when", f"{spec['when']!r}", "a mapping {earlier parameter: value(s)}")
         for dep, val in (spec.get("when") or {}).items():
             if dep not in seen and get_path(trial, dep, _MISSING) is _MISSING:
                 err(
@@ -586,6 +572,9 @@ def _parse_search(raw: Any, trial: dict[str, Any], err: _Err) -> list[Param]:
                 if v is not None and not isinstance(v, bool | int | float | str):
                     err(f"{key}.values", f"{v!r}", "values must be null, bool, number or string")
             p = Param(name, tp, values=tuple(values), grid=tuple(spec.get("grid") or ()), when=when)
+            for g in p.grid:
+                if g not in p.values:
+                    err(f"{key}.grid", f"{g!r} is not one of the values", f"allowed: {values}")
         else:
             low: Any = spec.get("low")
             high: Any = spec.get("high")
@@ -594,25 +583,37 @@ def _parse_search(raw: Any, trial: dict[str, Any], err: _Err) -> list[Param]:
                     err(f"{key}.{k}", f"{v!r}", "a finite number")
             if low >= high:
                 err(key, f"low {low} >= high {high}", "low < high")
-            log = bool(spec.get("log", False))
+            log = spec.get("log", False)
+            if not isinstance(log, bool):
+                err(f"{key}.log", f"{log!r}", "true or false")
             if log and low <= 0:
                 err(f"{key}.low", f"{low}", "log scale needs low > 0")
             if tp == "int" and (not float(low).is_integer() or not float(high).is_integer()):
                 err(key, f"low/high {low}/{high}", "integers for type: int")
             step = spec.get("step")
+            if step is not None and (
+                isinstance(step, bool)
+                or not isinstance(step, int | float)
+                or not 0 < step < math.inf
+                or (tp == "int" and not float(step).is_integer())
+            ):
+                err(f"{key}.step", f"{step!r}", "a finite number > 0 (an integer for type: int)")
             grid = tuple(spec.get("grid") or ())
             p = Param(name, tp, float(low), float(high), log, step, (), grid, when)
             for g in grid:
                 if not p.contains(g):
                     err(f"{key}.grid", f"{g!r} outside [{low}, {high}]", "grid values in range")
-        # the path must be a real trial key: build the config with the first allowed value
-        probe = p.values[0] if p.type == "categorical" else p.low
-        if p.type == "int":
-            probe = int(probe)  # type: ignore[arg-type]
-        try:
-            TrialConfig.from_dict(with_overrides(trial, {name: probe}), "trial")
-        except ConfigError as exc:
-            raise SpecError(f"{err.fname}: {key}: {exc.path}: {exc.detail}") from None
+        # the path must be a real trial key: build the config with every categorical value
+        # (each may be of the wrong type) or the range's first value, under its ``when``
+        probes: list[Any] = list(p.values) if p.type == "categorical" else [p.low]
+        active = {dep: allowed[0] for dep, allowed in when.items() if allowed}
+        for probe in probes:
+            if p.type == "int":
+                probe = int(probe)
+            try:
+                TrialConfig.from_dict(with_overrides(trial, {**active, name: probe}), "trial")
+            except ConfigError as exc:
+                raise SpecError(f"{err.fname}: {key}: {exc.path}: {exc.detail}") from None
         out.append(p)
         seen.add(name)
     return out

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from study.resources import check_resources, resource_problem
 from tests.test_study_e2e import ENV, REPO, RUN
@@ -129,12 +128,6 @@ def test_a_gpu_study_on_this_cpu_machine_exits_2_at_once(tmp_path: Path) -> None
     assert len(lines) == 1, err[-3000:]
     assert lines[0].startswith("error: resources.gpu: a trial asks for 1 GPU; no node"), lines
     assert took < 60, f"{took:.0f}s from starting Ray to the exit"
-    # no MLflow run is left RUNNING: the parent run ended when the driver stopped
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("needs_gpu")
-    assert exp is not None
-    runs = client.search_runs([exp.experiment_id])
-    assert runs and all(run.info.status != "RUNNING" for run in runs), [
-        run.info.status for run in runs
-    ]
-    assert not list((storage / "ray").glob("*/*/result.json"))  # no trial ran
+    # nothing half-done: the study directory this command created (with its MLflow store
+    # and any trial output) is gone, so the same command can simply be run again
+    assert not storage.exists(), sorted(str(p) for p in storage.rglob("*"))

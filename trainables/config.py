@@ -56,14 +56,24 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from trainables.datasets import resolve_dataset
+
+        resolve_dataset(self.dataset)  # one line naming the allowed datasets
 
 
 @dataclass(frozen=True)
 class NetConfig:
     arch: str = "cnn_small"
     checkpoint: str | None = None  # teacher: absolute path resolved by the driver
+
+    def __post_init__(self) -> None:
+        from trainables.models import MODELS
+
+        if self.arch not in MODELS:
+            raise ValueError(f"arch {self.arch!r} is not a model; allowed: {', '.join(MODELS)}")
 
 
 @dataclass(frozen=True)
@@ -197,6 +207,11 @@ class TrialConfig:
                 )
         if cfg.epochs < 1:
             raise ConfigError(_join(path, "epochs"), f"must be >= 1, got {cfg.epochs}")
+        if not _DEVICE_RE.fullmatch(cfg.device):
+            raise ConfigError(
+                _join(path, "device"),
+                f"{cfg.device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N, mps",
+            )
         return dataclasses.replace(cfg, losses=terms, handoff=handoff)
 
     # -- views -----------------------------------------------------------------------
@@ -240,6 +255,7 @@ class TrialConfig:
 
 
 ROLES = ("trial", "baseline", "final")
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def _join(path: str, key: str) -> str:
