@@ -8,11 +8,20 @@ the same path (the replayed operations are idempotent, see ``study/tracking.py``
 Durability rules:
 
 * :meth:`Outbox.append` writes one line and fsyncs it before returning, so an acknowledged
-  record survives a crash of the driver; a crash mid-write can only leave a cut last line,
+  record survives a crash of the driver and of the machine. With ``fsync_appends=False`` the
+  line is only written (``write(2)``: it survives a crash or kill of the driver, the kernel
+  holds it) and fsynced by the next :meth:`sync` -- which every :meth:`replay` does first,
+  before any record is delivered -- a group commit that keeps fsync latency (seconds on a disk
+  busy with checkpoints) off the appending thread; a crash mid-write can only leave a cut last line,
   which :meth:`Outbox.read` skips (that record was never acknowledged).
 * :meth:`Outbox.replace` (what is left after a partial replay) rewrites the whole file
   atomically (``trainables/fsutil.py``): a crash leaves the old list or the new one, never a
   mix; an empty list removes the file.
+
+Concurrency: one thread may :meth:`append` while another replays (the tracker's background
+delivery thread, ``study/tracking.py``). Every file operation holds the outbox's lock, and a
+replay removes only the records it read (:meth:`drop_first`), so a record appended during a
+replay stays queued behind the others.
 
 With ``path=None`` the records are kept in memory only (lost when the process ends; fine for
 tests and throw-away studies).
@@ -25,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -38,12 +48,26 @@ Record = dict[str, Any]
 class Outbox:
     """An ordered, durable queue of records (a JSON-lines file, or a list when ``path=None``).
 
-    Not thread-safe; one writer at a time (the study's driver).
+    One process at a time (the study's driver); within it, appends and replays may run in
+    different threads (see the module docstring).
     """
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, *, fsync_appends: bool = True) -> None:
         self._path = None if path is None else os.path.abspath(path)
         self._memory: list[Record] = []
+        self._lock = threading.RLock()
+        self._fsync_appends = fsync_appends
+        self._unsynced = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self._path, "memory": list(self._memory), "fsync": self._fsync_appends}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._path = state["path"]
+        self._memory = list(state["memory"])
+        self._lock = threading.RLock()
+        self._fsync_appends = state.get("fsync", True)
+        self._unsynced = False
 
     @property
     def path(self) -> str | None:
@@ -58,14 +82,35 @@ class Outbox:
     def append(self, record: Record) -> None:
         """Queue ``record`` behind the others; durable (fsynced) when this returns."""
         if self._path is None:
-            self._memory.append(record)
+            with self._lock:
+                self._memory.append(record)
             return
-        os.makedirs(os.path.dirname(self._path), exist_ok=True)
-        with open(self._path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            # The outbox exists to survive the driver: make the line durable now.
-            os.fsync(fh.fileno())
+        line = json.dumps(record) + "\n"
+        with self._lock:
+            os.makedirs(os.path.dirname(self._path), exist_ok=True)
+            with open(self._path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                if self._fsync_appends:
+                    # The outbox exists to survive the driver: make the line durable now.
+                    os.fsync(fh.fileno())
+                else:
+                    self._unsynced = True
+
+    def sync(self) -> None:
+        """fsync the lines appended without it (``fsync_appends=False``); cheap otherwise."""
+        if self._path is None or not self._unsynced:
+            return
+        with self._lock:
+            self._unsynced = False
+            try:
+                fd = os.open(self._path, os.O_RDONLY)
+            except FileNotFoundError:
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def pending(self) -> bool:
         """True when at least one record waits (cheap: no parsing)."""
@@ -79,10 +124,11 @@ class Outbox:
     def read(self) -> list[Record]:
         """All queued records, oldest first (a malformed line is skipped with a warning)."""
         if self._path is None:
-            return list(self._memory)
+            with self._lock:
+                return list(self._memory)
         records: list[Record] = []
         try:
-            with open(self._path, encoding="utf-8") as fh:
+            with self._lock, open(self._path, encoding="utf-8") as fh:
                 lines = fh.readlines()
         except FileNotFoundError:
             return records
@@ -98,19 +144,28 @@ class Outbox:
 
     def replace(self, records: list[Record]) -> None:
         """Make ``records`` the whole outbox (atomically); ``[]`` clears it."""
-        if self._path is None:
-            self._memory = list(records)
-            return
-        if not records:
-            try:
-                os.remove(self._path)
-            except FileNotFoundError:
-                pass
-            return
-        atomic_write_text(self._path, "".join(json.dumps(r) + "\n" for r in records))
+        with self._lock:
+            if self._path is None:
+                self._memory = list(records)
+                return
+            if not records:
+                try:
+                    os.remove(self._path)
+                except FileNotFoundError:
+                    pass
+                return
+            atomic_write_text(self._path, "".join(json.dumps(r) + "\n" for r in records))
 
     def clear(self) -> None:
         self.replace([])
+
+    def drop_first(self, count: int) -> None:
+        """Remove the ``count`` oldest records (those a replay read and handled); records
+        appended since stay queued. Atomic like :meth:`replace`."""
+        if count <= 0:
+            return
+        with self._lock:
+            self.replace(self.read()[count:])
 
     def replay(
         self,
@@ -127,15 +182,17 @@ class Outbox:
         ``outage`` is ``None``. A record failing with an ``is_permanent`` error is passed to
         ``on_rejected`` and dropped. Any other error is logged with its traceback and the record
         dropped: re-raising would block every later write behind it forever. ``apply`` must be
-        idempotent: a crash mid-replay replays the already-applied records again.
+        idempotent: a crash mid-replay replays the already-applied records again. Records
+        appended (by another thread) during the replay are not touched: they stay queued.
         """
+        self.sync()  # a record is on disk before it is delivered
         records = self.read()
         for index, record in enumerate(records):
             try:
                 apply(record)
             except Exception as exc:
                 if is_outage(exc):
-                    self.replace(records[index:])
+                    self.drop_first(index)
                     return len(records), exc
                 if is_permanent(exc):
                     on_rejected(record, exc)
@@ -144,5 +201,5 @@ class Outbox:
                     logger.error(
                         "outbox replay of %s failed; dropped", record.get("op"), exc_info=exc
                     )
-        self.clear()
+        self.drop_first(len(records))
         return len(records), None

@@ -24,6 +24,17 @@ So here:
   JSON-lines outbox (``study/outbox.py``) and replayed, in order, before the next successful
   write (:meth:`StudyTracker.flush_outbox`). Replays are idempotent thanks to the keys above,
   so a crash in the middle of a replay is harmless. One warning line per outage, not per call.
+* Delivery off Ray's event loop (``delivery="background"``, the default with a file outbox):
+  the hot-path writes -- :meth:`StudyTracker.trial_run`, ``log_result``, ``close_trial``,
+  ``log_trial_text``, ``log_trial_artifact`` -- only append their record to the outbox
+  (durable once appended: one fsynced line) and wake one delivery thread, which replays the
+  outbox in order exactly like an outage replay. So Ray's callback returns in about a
+  millisecond instead of waiting for MLflow (a SQLite ``log_batch`` of one result commits
+  several transactions). Order holds because there is one journal and one replayer at a time:
+  a run is created before its metrics, a trial closed after its last result. The blocking calls
+  -- ``open_study``, ``close_stale_runs``, ``finish_study``, ``flush_outbox`` -- first deliver
+  everything queued, in the calling thread. ``delivery="sync"`` (the default with an in-memory
+  outbox, or ``KDSTUDY_MLFLOW_DELIVERY=sync``) applies every write in the caller, as before.
 * Keys and values are checked against MLflow's rules and limits before any write
   (``study/mlflow_sanitize.py``): a bad entry drops itself, warned once, never a whole batch.
 
@@ -36,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -95,6 +107,17 @@ TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 # outage: buffered, never lost.
 _PERMANENT_HTTP_STATUSES = frozenset({400, 404, 409})
 
+#: Environment override of the ``delivery`` of trackers created with ``delivery="auto"``.
+DELIVERY_ENV = "KDSTUDY_MLFLOW_DELIVERY"
+DELIVERY_MODES = ("auto", "background", "sync")
+#: Environment default of ``outbox_fsync`` (``append`` | ``delivery``).
+OUTBOX_FSYNC_ENV = "KDSTUDY_OUTBOX_FSYNC"
+
+
+class _DeliveryStopped(Exception):
+    """Raised inside a replay of the delivery thread of a tracker being closed: the record and
+    the ones after it stay in the outbox (treated like an outage by the replay)."""
+
 
 def _is_permanent(exc: BaseException) -> bool:
     """True for errors retrying cannot fix (bad request, missing run or local file)."""
@@ -144,10 +167,21 @@ class StudyTracker:
             attempt can block up to MLflow's HTTP timeout x retries; set
             ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``/``_TIMEOUT`` low in the driver's environment).
             An explicit :meth:`flush_outbox` always tries.
+        delivery: ``"background"`` -- hot-path writes are appended to the outbox and delivered
+            by one background thread (see the module docstring); ``"sync"`` -- every write is
+            applied in the calling thread; ``"auto"`` (default) -- ``$KDSTUDY_MLFLOW_DELIVERY``
+            if set, else background with a file outbox and sync with an in-memory one (without
+            a durable journal, queued results would die with the driver).
+        outbox_fsync: ``"append"`` (default) -- each outbox line is fsynced before the write
+            returns; ``"delivery"`` -- written at once (survives a crash of the driver) and
+            fsynced by the delivery thread before it is delivered (a machine crash can lose
+            the last lines not yet fsynced; keeps disk latency off Ray's event loop). Default
+            from ``$KDSTUDY_OUTBOX_FSYNC``.
 
     The constructor contacts MLflow once to create the experiment; if MLflow is down this is
     deferred to the first successful write. Every public write returns normally during an
-    outage. Not thread-safe: Ray calls callbacks from the driver's single event loop.
+    outage. Call the public methods from one thread (Ray calls callbacks from the driver's
+    single event loop); the delivery thread is internal.
     """
 
     def __init__(
@@ -159,7 +193,19 @@ class StudyTracker:
         *,
         artifact_location: str | None = None,
         retry_interval_s: float = 30.0,
+        delivery: str = "auto",
+        outbox_fsync: str | None = None,
     ) -> None:
+        if outbox_fsync is None:
+            outbox_fsync = os.environ.get(OUTBOX_FSYNC_ENV, "").strip() or "append"
+        if outbox_fsync not in ("append", "delivery"):
+            raise ValueError(f"outbox_fsync must be 'append' or 'delivery': {outbox_fsync!r}")
+        if delivery == "auto":
+            delivery = os.environ.get(DELIVERY_ENV, "").strip() or "auto"
+        if delivery not in DELIVERY_MODES:
+            raise ValueError(f"delivery must be one of {list(DELIVERY_MODES)}: {delivery!r}")
+        if delivery == "auto":
+            delivery = "sync" if outbox_path is None else "background"
         self._config: dict[str, Any] = {
             "tracking_uri": tracking_uri,
             "experiment_name": experiment_name,
@@ -167,6 +213,8 @@ class StudyTracker:
             "outbox_path": None if outbox_path is None else os.path.abspath(outbox_path),
             "artifact_location": artifact_location or _default_artifact_location(tracking_uri),
             "retry_interval_s": float(retry_interval_s),
+            "delivery": delivery,
+            "outbox_fsync": outbox_fsync,
         }
         self._init_runtime(experiment_id=None, parent_run_id=None)
         try:
@@ -190,6 +238,8 @@ class StudyTracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._config = dict(state["config"])
+        self._config.setdefault("delivery", "sync")  # a tuner.pkl of an older version
+        self._config.setdefault("outbox_fsync", "append")
         self._init_runtime(state["experiment_id"], state["parent_run_id"])
 
     def _init_runtime(self, experiment_id: str | None, parent_run_id: str | None) -> None:
@@ -204,10 +254,21 @@ class StudyTracker:
             experiment_id=experiment_id,
             parent_run_id=parent_run_id,
         )
-        self._outbox = Outbox(self._config["outbox_path"])
+        self._outbox = Outbox(
+            self._config["outbox_path"],
+            fsync_appends=self._config["outbox_fsync"] == "append",
+        )
         self._queued_steps: dict[str, set[int]] = {}  # trial_id -> steps waiting in the outbox
         self._in_outage = False
         self._last_failure = -math.inf
+        # Threads and locks (never pickled): _apply_lock serialises everything that talks to
+        # MLflow (live writes and replays, in either thread); _state_lock guards _queued_steps.
+        self._background: bool = self._config["delivery"] == "background"
+        self._apply_lock = threading.RLock()
+        self._state_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._worker: threading.Thread | None = None
 
     # -- properties ------------------------------------------------------------------------
 
@@ -257,7 +318,8 @@ class StudyTracker:
             "tags": str_map(tags),
             "texts": dict(texts),
         }
-        return self._submit(record)
+        with self._apply_lock:
+            return self._submit(record)
 
     def trial_run(
         self,
@@ -273,7 +335,9 @@ class StudyTracker:
         exists -- exactly one run per trial across retries, ``Tuner.restore`` and driver
         restarts -- else created with ``mlflow.parentRunId`` = the parent run. ``tags`` may set
         ``role`` to one of :data:`RUN_ROLES` (default ``trial``). Params follow the rules of
-        :meth:`open_study`. Returns the run id, or ``None`` if queued (outage).
+        :meth:`open_study`. Returns the run id, or ``None`` if queued (outage, or background
+        delivery: the run is created by the delivery thread before any later write of the
+        trial).
         """
         role = tags.get(TAG_ROLE, ROLE_TRIAL)
         if role not in RUN_ROLES:
@@ -287,6 +351,9 @@ class StudyTracker:
             "params": flatten_params(params),
             "tags": str_map(tags),
         }
+        if self._background:
+            self._enqueue(record)
+            return None
         return self._submit(record)
 
     def log_result(self, trial_id: str, step: int, metrics: Mapping[str, Any]) -> bool:
@@ -297,12 +364,14 @@ class StudyTracker:
         history is how a restarted driver learns which steps already landed. One ``log_batch``
         per result (split only beyond MLflow's 1000 metrics per batch).
 
-        Returns True if the result was logged (or queued during an outage), False if that step
-        was already logged (or queued) for this trial.
+        Returns True if the result was logged (or queued during an outage, or handed to the
+        background delivery), False if that step was already logged (or queued) for this
+        trial. With background delivery a step that only a previous driver logged is found out
+        (and skipped) by the delivery thread, so this returns True for it.
         """
         check_literal("trial_id", trial_id)
         step = int(step)
-        if step in self._queued_steps.get(trial_id, ()) or self._ops.step_logged(trial_id, step):
+        if self._step_known(trial_id, step):
             return False
         clean = clean_metrics(metrics, self._warn_once)
         clean[STEP_KEY] = float(step)
@@ -315,9 +384,10 @@ class StudyTracker:
             "timestamp": int(time.time() * 1000),
             "metrics": clean,
         }
-        outcome = self._submit(
-            record, on_queue=lambda: self._queued_steps.setdefault(trial_id, set()).add(step)
-        )
+        if self._background:
+            self._enqueue(record)
+            return True
+        outcome = self._submit(record, on_queue=lambda: self._mark_queued(trial_id, step))
         return outcome is not False
 
     def close_trial(
@@ -335,7 +405,7 @@ class StudyTracker:
             "status": status,
             "tags": str_map(tags),
         }
-        self._submit(record)
+        self._write(record)
 
     def log_trial_text(self, trial_id: str, name: str, text: str) -> None:
         """Log ``text`` as the artifact file ``name`` of a trial's run (e.g. ``error.txt``)."""
@@ -345,7 +415,7 @@ class StudyTracker:
             "name": name,
             "text": text,
         }
-        self._submit(record)
+        self._write(record)
 
     def log_trial_artifact(
         self, trial_id: str, local_path: str, artifact_path: str | None = None
@@ -362,7 +432,7 @@ class StudyTracker:
             "local_path": os.path.abspath(local_path),
             "artifact_path": artifact_path,
         }
-        self._submit(record)
+        self._write(record)
 
     def close_stale_runs(self) -> list[str]:
         """Set every RUNNING child run of this study KILLED; return their ids.
@@ -372,15 +442,16 @@ class StudyTracker:
         outage (returns what was closed so far): :meth:`finish_study` closes leftovers anyway.
         """
         closed: list[str] = []
-        if not self._flush(force=False):
-            return closed
-        try:
-            for run_id in self._ops.terminate_running_children("KILLED"):
-                closed.append(run_id)
-        except Exception as exc:
-            if not _is_outage(exc):
-                raise
-            self._note_failure(exc)
+        with self._apply_lock:
+            if not self._flush(force=False):
+                return closed
+            try:
+                for run_id in self._ops.terminate_running_children("KILLED"):
+                    closed.append(run_id)
+            except Exception as exc:
+                if not _is_outage(exc):
+                    raise
+                self._note_failure(exc)
         return closed
 
     def finish_study(
@@ -414,8 +485,9 @@ class StudyTracker:
             "texts": dict(texts or {}),
             "known_trials": None if known_trials is None else sorted(set(known_trials)),
         }
-        self._flush(force=True)
-        self._submit(record)
+        with self._apply_lock:
+            self._flush(force=True)
+            self._submit(record)
         if self._outbox.pending():
             where = self._outbox.path or "memory (lost at exit)"
             logger.warning(
@@ -429,13 +501,101 @@ class StudyTracker:
 
         Idempotent (runs found by tags, results keyed by ``(trial_id, step)``), so replaying
         the same outbox twice -- or after a crash mid-replay -- lands everything exactly once.
-        Called automatically before every write and by :meth:`finish_study`.
+        Called automatically before every write and by :meth:`finish_study`. With background
+        delivery it delivers, in the calling thread, everything queued so far (waiting for a
+        replay the delivery thread has under way): when it returns True, every earlier write is
+        in MLflow.
         """
-        return self._flush(force=True)
+        with self._apply_lock:
+            return self._flush(force=True)
 
     def pending_operations(self) -> int:
-        """How many writes wait in the outbox (0 when everything reached MLflow)."""
+        """How many writes wait in the outbox (0 when everything reached MLflow; with
+        background delivery this includes writes the delivery thread has not made yet)."""
         return len(self._outbox.read()) if self._outbox.pending() else 0
+
+    def close(self, *, deliver: bool = True) -> None:
+        """Stop the delivery thread, after delivering everything queued if ``deliver``.
+
+        Not needed for correctness: the thread is a daemon and what it has not delivered stays
+        in the (file) outbox for the next tracker. ``deliver=False`` stops it after the record
+        it is applying, leaving the rest queued (what a killed driver leaves behind).
+        """
+        if deliver:
+            self.flush_outbox()
+        self._closing = True
+        self._wake.set()
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join()
+        self._worker = None
+
+    # -- background delivery -----------------------------------------------------------------
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """A write without a result value: queued for background delivery, or applied now."""
+        if self._background:
+            self._enqueue(record)
+        else:
+            self._submit(record)
+
+    def _enqueue(self, record: dict[str, Any]) -> None:
+        """Make ``record`` durable in the outbox and wake the delivery thread (no MLflow call)."""
+        if self._closing:
+            raise RuntimeError("this StudyTracker was closed")
+        self._outbox.append(record)
+        if record["op"] == "log_result":
+            self._mark_queued(record["trial_id"], int(record["step"]))
+        if self._worker is None:
+            self._worker = threading.Thread(
+                target=self._deliver_loop, name=f"mlflow-delivery-{self._study_id}", daemon=True
+            )
+            self._worker.start()
+        self._wake.set()
+
+    def _deliver_loop(self) -> None:
+        while not self._closing:
+            # During an outage, wake up again after the retry interval even without new writes.
+            timeout = self._config["retry_interval_s"] if self._in_outage else None
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._closing:
+                return
+            with self._apply_lock:
+                try:
+                    self._flush(force=False)
+                except Exception:  # never let the thread die: the records stay in the outbox
+                    logger.exception("MLflow background delivery failed; retrying later")
+                    self._last_failure = time.monotonic()
+                    self._in_outage = True
+
+    def _step_known(self, trial_id: str, step: int) -> bool:
+        with self._state_lock:
+            queued = step in self._queued_steps.get(trial_id, ())
+        return queued or self._ops.step_logged(trial_id, step)
+
+    def _mark_queued(self, trial_id: str, step: int) -> None:
+        with self._state_lock:
+            self._queued_steps.setdefault(trial_id, set()).add(step)
+
+    def _apply_queued(self, record: dict[str, Any]) -> Any:
+        """Apply one outbox record; a result leaves the queued steps once it has landed in
+        MLflow (its step is then in the confirmed cache) or was dropped -- not on an outage."""
+        if self._closing and threading.current_thread() is self._worker:
+            raise _DeliveryStopped
+        try:
+            outcome = self._ops.apply(record)
+        except Exception as exc:
+            if not _is_outage(exc):
+                self._unqueue(record)
+            raise
+        self._unqueue(record)
+        return outcome
+
+    def _unqueue(self, record: dict[str, Any]) -> None:
+        if record.get("op") == "log_result":
+            with self._state_lock:
+                self._queued_steps.get(record["trial_id"], set()).discard(int(record["step"]))
 
     # -- outbox ----------------------------------------------------------------------------
 
@@ -468,18 +628,18 @@ class StudyTracker:
         if not force and time.monotonic() - self._last_failure < self._config["retry_interval_s"]:
             return False
         replayed, outage = self._outbox.replay(
-            self._ops.apply,
-            is_outage=_is_outage,
+            self._apply_queued,
+            is_outage=lambda exc: _is_outage(exc) or isinstance(exc, _DeliveryStopped),
             is_permanent=_is_permanent,
             on_rejected=self._warn_dropped,
         )
+        if isinstance(outage, _DeliveryStopped):
+            return False
         if outage is not None:
             self._note_failure(outage)
             return False
-        # Queued steps have either landed or been dropped; forget the confirmed-steps caches of
-        # those trials so the next log_result reloads the truth from MLflow.
-        self._ops.forget_steps(self._queued_steps)
-        self._queued_steps.clear()
+        # Each replayed result left _queued_steps as it landed (its step is now in the
+        # confirmed cache of MlflowOps) or was dropped (_apply_queued).
         if self._in_outage:
             logger.warning(
                 "MLflow at %s reachable again: replayed %d queued operations",

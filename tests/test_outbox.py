@@ -135,3 +135,56 @@ def test_replay_stops_at_an_outage_keeps_the_rest_and_drops_rejected(
     assert (count, outage) == (2, None)
     assert applied == [0, -1, 3, 4]
     assert not outbox.pending()
+
+
+def test_a_record_appended_during_a_replay_stays_queued(outbox: Outbox) -> None:
+    """The tracker's delivery thread replays while the driver's thread appends: a replay
+    removes only the records it read, never one appended meanwhile."""
+    records = _records(4)
+    for record in records[:2]:
+        outbox.append(record)
+    seen: list[int] = []
+
+    def apply(record: dict[str, Any]) -> None:
+        seen.append(record["step"])
+        if record["step"] == 0:
+            outbox.append(records[2])  # "another thread" appends mid-replay
+
+    kwargs = {
+        "is_outage": lambda exc: False,
+        "is_permanent": lambda exc: False,
+        "on_rejected": lambda record, exc: None,
+    }
+    assert outbox.replay(apply, **kwargs) == (2, None)
+    assert seen == [0, 1] and outbox.read() == [records[2]]
+    outbox.append(records[3])
+    assert outbox.replay(apply, **kwargs) == (2, None)
+    assert seen == [0, 1, 2, 3] and not outbox.pending()
+
+
+def test_outbox_pickles_without_its_lock(outbox: Outbox) -> None:
+    import pickle
+
+    outbox.append(_records(1)[0])
+    clone = pickle.loads(pickle.dumps(outbox))
+    assert clone.read() == outbox.read() and clone.path == outbox.path
+
+
+def test_deferred_fsync_appends_are_readable_at_once_and_synced_before_replay(
+    tmp_path: Path,
+) -> None:
+    box = Outbox(str(tmp_path / "box.jsonl"), fsync_appends=False)
+    records = _records(3)
+    for record in records:
+        box.append(record)
+    # written (a new instance -- the next driver -- reads them), fsync still owed
+    assert Outbox(str(tmp_path / "box.jsonl")).read() == records
+    assert box._unsynced
+    synced_first: list[bool] = []
+    kwargs = {
+        "is_outage": lambda exc: False,
+        "is_permanent": lambda exc: False,
+        "on_rejected": lambda record, exc: None,
+    }
+    assert box.replay(lambda r: synced_first.append(not box._unsynced), **kwargs) == (3, None)
+    assert synced_first == [True, True, True] and not box.pending()

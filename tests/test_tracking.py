@@ -564,3 +564,131 @@ def test_ray_tune_callback_one_run_per_trial_across_restore(
     check(expect_failed=False)
     tracker_2.finish_study("FINISHED")
     assert {r.info.status for r in _all_runs(uri, exp)} == {"FINISHED"}
+
+
+# -- background delivery --------------------------------------------------------------------
+
+
+class _SlowClient:
+    """Wraps an MlflowClient: every call sleeps ``delay`` s first; records when calls end."""
+
+    def __init__(self, client: MlflowClient, delay: float) -> None:
+        self._client = client
+        self._delay = delay
+        self.ended: list[tuple[str, float]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def slowed(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(self._delay)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.ended.append((name, time.monotonic()))
+
+        return slowed
+
+
+def _slow_down(tracker: StudyTracker, delay: float) -> _SlowClient:
+    slow = _SlowClient(tracker._ops._client, delay)
+    tracker._ops._client = slow  # type: ignore[assignment]
+    return slow
+
+
+def _wait_until(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("fsync", ["append", "delivery"])
+def test_background_delivery_returns_at_once_and_lands_exactly_once_across_a_kill(
+    tmp_path: Path, store: str, exp: str, fsync: str
+) -> None:
+    uri = store
+    outbox = tmp_path / "outbox.jsonl"
+    first = StudyTracker(
+        uri, exp, "study-bg", outbox_path=str(outbox), delivery="background", outbox_fsync=fsync
+    )
+    first.open_study(run_name="s", params={}, tags={}, texts={})
+    slow = _slow_down(first, 0.2)
+    start = time.monotonic()
+    first.trial_run("t1", run_name="t1", params={"x": 1}, tags={})
+    assert first.log_result("t1", 1, {"loss": 1.0}) is True
+    returned = time.monotonic()
+    # The callback path returned before MLflow finished even one (slowed) call.
+    assert not slow.ended or returned < slow.ended[0][1]
+    assert returned - start < 0.2
+    for step in range(2, 7):
+        assert first.log_result("t1", step, {"loss": 1.0 / step}) is True
+    assert first.log_result("t1", 3, {"loss": 9.0}) is False  # queued already
+    first.close_trial("t1", "FINISHED")
+    assert first.pending_operations() >= 6
+    # "Kill" the driver mid-queue: once some results landed, stop the delivery thread
+    # without flushing; the rest stays in the durable outbox.
+    _wait_until(lambda: sum(1 for name, _ in slow.ended if name == "log_batch") >= 3)
+    first.close(deliver=False)
+    left = first.pending_operations()
+    assert 0 < left < 8
+    assert outbox.exists()
+
+    # A restarted driver on the same outbox lands the rest, each step exactly once, in order:
+    # the run existed before its metrics, and it is closed after the last one.
+    second = StudyTracker(uri, exp, "study-bg", outbox_path=str(outbox), delivery="background")
+    assert second.flush_outbox() is True and second.pending_operations() == 0
+    assert not outbox.exists()
+    runs = _all_runs(uri, exp)
+    parent = next(r for r in runs if r.data.tags.get("role") == "study")
+    (child,) = _children(runs, parent.info.run_id)
+    assert child.info.status == "FINISHED"
+    assert _steps(uri, child.info.run_id, STEP_KEY) == [1, 2, 3, 4, 5, 6]
+    history = MlflowClient(uri).get_metric_history(child.info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(s, 1.0 / s) for s in range(1, 7)]
+
+    # Ray resumes the trial and replays epochs 5-6 then goes on: 7 lands once, 5-6 not again.
+    second.trial_run("t1", run_name="t1", params={"x": 1}, tags={})
+    for step in (5, 6, 7):
+        second.log_result("t1", step, {"loss": 1.0 / step})
+    second.close_trial("t1", "FINISHED")
+    second.finish_study("FINISHED")
+    assert second.pending_operations() == 0
+    assert _steps(uri, child.info.run_id, STEP_KEY) == [1, 2, 3, 4, 5, 6, 7]
+    assert MlflowClient(uri).get_run(child.info.run_id).info.status == "FINISHED"
+    second.close()
+
+
+def test_flush_waits_for_background_delivery_and_tracker_pickles(
+    tmp_path: Path, store: str, exp: str
+) -> None:
+    outbox = tmp_path / "outbox.jsonl"
+    tracker = StudyTracker(store, exp, "study-flush", outbox_path=str(outbox))
+    assert tracker._config["delivery"] == "background"  # the default with a file outbox
+    tracker.open_study(run_name="s", params={}, tags={}, texts={})
+    slow = _slow_down(tracker, 0.05)
+    tracker.trial_run("t", run_name="t", params={}, tags={})
+    for step in (1, 2, 3):
+        tracker.log_result("t", step, {"m": float(step)})
+    clone = pickle.loads(pickle.dumps(tracker))  # with the delivery thread alive
+    assert clone._config["delivery"] == "background" and clone._worker is None
+    assert tracker.flush_outbox() is True
+    assert tracker.pending_operations() == 0 and not outbox.exists()
+    assert any(name == "log_batch" for name, _ in slow.ended)
+    (child,) = [r for r in _all_runs(store, exp) if r.data.tags.get("trial_id") == "t"]
+    assert _steps(store, child.info.run_id, STEP_KEY) == [1, 2, 3]
+    tracker.finish_study("FINISHED")
+    tracker.close()
+
+
+def test_delivery_mode_defaults_and_override(
+    tmp_path: Path, store: str, exp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert StudyTracker(store, exp, "s1")._config["delivery"] == "sync"  # in-memory outbox
+    monkeypatch.setenv("KDSTUDY_MLFLOW_DELIVERY", "sync")
+    on_file = StudyTracker(store, exp, "s2", outbox_path=str(tmp_path / "o.jsonl"))
+    assert on_file._config["delivery"] == "sync"
+    with pytest.raises(ValueError, match="delivery"):
+        StudyTracker(store, exp, "s3", delivery="later")
