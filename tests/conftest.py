@@ -26,9 +26,11 @@ _SHARED: list[Path] = []
 
 
 def shared_teachers() -> Path:
-    """One digits-teacher registry for the whole test session: the end-to-end studies
-    share a teacher (training it takes ~30 s, minutes on a busy machine) the way studies
-    share ``studies/teachers``; tests of teacher training use their own folder.
+    """One digits-teacher registry for the whole test session, for studies on the
+    quickstart's split (val_fraction 0.1, split_seed 0): they share a teacher (training it
+    takes ~30 s, minutes on a busy machine) the way studies share ``studies/teachers``.
+    A study on another split would be refused that teacher (it may have seen the study's
+    validation images): such tests, and tests of teacher training, use their own folder.
     ``$KDSTUDY_TEST_TEACHERS`` names an existing registry to reuse instead."""
     given = os.environ.get("KDSTUDY_TEST_TEACHERS")
     if given:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import shared_teachers
 from tests.test_study_e2e import ENV, REPO, RUN, check_structure
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -127,7 +126,8 @@ def test_study_joins_a_two_node_cluster_and_uses_both_nodes(
         "--skip-baselines",
         "--skip-final",
     ]
-    cmd += ["--teachers-dir", str(shared_teachers()), "--address", loopback_cluster]
+    # benchmarks/spaces use another validation split: a teacher registry of its own
+    cmd += ["--teachers-dir", str(tmp_path / "teachers"), "--address", loopback_cluster]
     r = subprocess.run(
         cmd, cwd=tmp_path, env=CLUSTER_ENV, capture_output=True, text=True, timeout=900
     )

@@ -242,7 +242,8 @@ def test_repeats_run_every_configuration_under_each_seed(tmp_path: Path) -> None
         "--skip-baselines",
         "--skip-final",
     ]
-    cmd += ["--teachers-dir", str(shared_teachers())]
+    # benchmarks/spaces use another validation split: a teacher registry of its own
+    cmd += ["--teachers-dir", str(tmp_path / "teachers")]
     dry = subprocess.run([*cmd, "--dry-run"], env=ENV, capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "6 searched trial(s) (3 configurations x 2 seeds [3, 4])" in (
         dry.stdout
