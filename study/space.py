@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.optuna.optuna_search import OptunaTrialState
@@ -90,6 +92,17 @@ class RepeatGroup:
     @property
     def open(self) -> bool:
         return len(self.members) < len(self.seeds)
+
+
+@contextlib.contextmanager
+def _already_finished_in_storage() -> Iterator[None]:
+    """Optuna's storage is persistent (``optuna.db``) while Ray restores the searcher from
+    its last snapshot: after a killed driver the storage can be ahead, and a trial it has
+    already finished resumes and reports again. There is nothing left to record then."""
+    try:
+        yield
+    except UpdateFinishedTrialError:
+        pass
 
 
 class FidelityAwareOptunaSearch(OptunaSearch):
@@ -196,6 +209,16 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         return any(t.number != new.number and self._key(t) == key for t in self._run_trials())
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        with _already_finished_in_storage():
+            self._on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        with _already_finished_in_storage():
+            self._on_trial_complete(trial_id, result, error)
+
+    def _on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         primary = self._group_of.get(trial_id)
         if primary is None:
             super().on_trial_result(trial_id, result)
@@ -210,7 +233,7 @@ class FidelityAwareOptunaSearch(OptunaSearch):
             values = group.pending.pop(group.reported).values()
             self._ot_trials[primary].report(statistics.fmean(values), group.reported)
 
-    def on_trial_complete(
+    def _on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         primary = self._group_of.get(trial_id)
