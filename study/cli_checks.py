@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 #: MLflow tracking stores (``+driver`` suffixes allowed for the databases)
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file")
@@ -20,7 +20,12 @@ OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line ``error: ...`` (exit 2), not usage + error."""
+    """argparse, but a usage error is one line ``error: ...`` (exit 2), not usage + error,
+    and no abbreviated flags (``--stor`` is not ``--storage``: a typo must not guess)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -125,6 +130,15 @@ def check_cost_file(path: str, num_classes: int | None) -> str | None:
     return None
 
 
+def without_userinfo(uri: str) -> str:
+    """``uri`` without ``user:password@`` (a URI printed or logged never shows a secret)."""
+    parts = urlsplit(uri)
+    if not (parts.username or parts.password):
+        return uri  # unchanged (urlunsplit would rewrite sqlite://// paths)
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{parts.hostname or ''}{port}"))
+
+
 def dataset_classes(dataset: str) -> int | None:
     """The registry's class count of a dataset (None when it depends on the files)."""
     from trainables.datasets import resolve_dataset
@@ -140,4 +154,5 @@ __all__ = [
     "check_flags",
     "check_space",
     "dataset_classes",
+    "without_userinfo",
 ]

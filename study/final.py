@@ -15,7 +15,6 @@ This module plans; ``study/run.py`` runs (Ray lives there).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -197,7 +196,9 @@ def plan(
 def main(argv: list[str] | None = None) -> int:
     """Run (or finish) the final phase of an existing study: the study is resumed from its
     directory with its stored spec; finished phases are not re-run."""
-    p = argparse.ArgumentParser(
+    from study.cli_checks import OneLineParser
+
+    p = OneLineParser(
         prog="study/final.py",
         description="Re-train the best searched configurations and the baselines under fresh "
         "seeds on the full training set; evaluate on the test set.",

@@ -21,7 +21,6 @@ Writes ``<study>/report/``: ``report.md``, ``report.html`` (self-contained),
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -38,6 +37,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study import stats
+from study.cli_checks import OneLineParser
 from study.final import load_arms
 from trainables.fsutil import atomic_write_text
 
@@ -654,7 +654,7 @@ def _mlflow_note(out: Path, comparisons: list[Any], headline: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="study/report.py",
         description="Tables, figures and an HTML page from a finished study (never re-trains).",
     )

@@ -36,6 +36,7 @@ from study.cli_checks import (
     check_flags,
     check_space,
     dataset_classes,
+    without_userinfo,
 )
 from study.interrupts import STOP, StudyInterrupted
 from study.ray_phases import ray_address, run_tuners
@@ -175,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"seeds {list(spec.final.seeds)}, full training set, evaluated on the test split)"
             )
         )
+        from study.preflight import dry_run
+
+        storage = Path(args.storage or Path("studies") / spec.name).resolve()
+        checks = dry_run(spec, args, Path(args.teachers_dir or storage / "teachers").resolve())
+        for line in checks.checked:
+            print(f"checked: {line}")
+        for line in checks.skipped:
+            print(f"skipped: {line}")
+        if checks.problem:
+            return bad_input(checks.problem)
         return EXIT_OK
     storage = Path(args.storage or Path("studies") / spec.name).resolve()
     marker = storage / "study.json"
@@ -251,16 +262,6 @@ def optuna_url(args: argparse.Namespace, storage: Path) -> str:
     from study.space import OPTUNA_DB
 
     return str(args.optuna_storage or f"sqlite:///{storage / OPTUNA_DB}")
-
-
-def _without_userinfo(uri: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if not (parts.username or parts.password):
-        return uri  # unchanged (urlunsplit would rewrite sqlite://// paths)
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{parts.hostname or ''}{port}"))
 
 
 def bad_input(msg: str) -> int:
@@ -342,16 +343,17 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
             cost_max_per_class=typed.cost.max_per_class,
         )
     except TeacherNotFoundError:
-        arch = trial["teacher"]["arch"]
-        return bad_input(
-            f"trial.teacher: no {arch} teacher for {dataset} in {teachers_dir} (only the "
-            f"embedded digits teacher is trained automatically): set trial.teacher.checkpoint "
-            f"to a checkpoint (mdistiller ckpt_epoch_240.pth or a state dict), pass "
-            f"--train-teacher, or run python study/teacher.py --dataset {dataset} --arch {arch} "
-            f"--out {teachers_dir}"
-        )
+        from study.preflight import teacher_missing_line
+
+        return bad_input(teacher_missing_line(typed.teacher.arch, dataset, teachers_dir))
     except (TeacherCheckpointError, FileNotFoundError, ValueError) as exc:
+        from study.preflight import CHECKPOINT_FORMS
+
         msg = " ".join(str(exc).split())
+        if typed.teacher.checkpoint:  # what a checkpoint may be
+            classes = dataset_classes(dataset)
+            forms = CHECKPOINT_FORMS.format(arch=typed.teacher.arch, classes=classes or "the")
+            return bad_input(f"trial.teacher.checkpoint: {msg} (allowed: {forms})")
         return bad_input(f"trial.teacher: {msg}")
     acc = tc.teacher.val_top1
     say(
@@ -371,10 +373,10 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             # what --resume, study/final.py and study/report.py find the study's records by
             # (no credentials: MLflow reads those from its environment variables)
-            "tracking_uri": args.tracking_uri and _without_userinfo(args.tracking_uri),
+            "tracking_uri": args.tracking_uri and without_userinfo(args.tracking_uri),
             "experiment": args.experiment or spec.name,
             "teachers_dir": str(teachers_dir),
-            "optuna_storage": _without_userinfo(optuna_url(args, storage)),
+            "optuna_storage": without_userinfo(optuna_url(args, storage)),
         }
         atomic_write_text(storage / "spec.json", json.dumps(spec.raw, indent=1, default=str))
         atomic_write_text(storage / "study.json", json.dumps(meta, indent=1))
@@ -526,7 +528,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
     print(f"study directory: {storage}")
     if not delivered:  # never a success with records missing from MLflow
         print(
-            f"error: MLflow at {_without_userinfo(tracker.tracking_uri)} unreachable: "
+            f"error: MLflow at {without_userinfo(tracker.tracking_uri)} unreachable: "
             f"{tracker.pending_operations()} write(s) of this study wait in {storage / OUTBOX}; "
             f"when it is back, deliver them with: {args.resume_command}",
             file=sys.stderr,

@@ -67,6 +67,7 @@ if __name__ == "__main__":
 
 import torch
 
+from study.cli_checks import OneLineParser
 from study.cost_matrix import (
     COST_KINDS,
     CostKind,
@@ -302,7 +303,7 @@ def ensure_teacher_and_cost(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python study/teacher.py",
         description="Train (or reuse) a registry teacher and print its validation accuracy.",
     )

@@ -617,7 +617,52 @@ CASES += [
         (),
         ("trial.cost.path", "square"),
     ),
+    # -- --dry-run checks what it can without training: data, teacher, local resources ------
+    Case("flag-abbreviated", "", ("--num-sam", "3"), ("--num-sam", "unrecognized")),
+    P(
+        "file-teacher-checkpoint-without-arch",
+        {"trial": {"teacher": {"checkpoint": "/some/ckpt_epoch_240.pth"}}},
+        "trial.teacher.arch: required with teacher.checkpoint",
+        "allowed: resnet8",
+    ),
+    Case(
+        "file-dry-run-teacher-not-a-checkpoint",
+        lambda d: _dry_run_teacher(d, b"# a README, not weights\n"),
+        (),
+        ("trial.teacher.checkpoint", "not a readable torch checkpoint", "allowed: a state dict"),
+    ),
+    Case(
+        "file-dry-run-teacher-other-arch",
+        lambda d: _dry_run_teacher(d, "cnn_small"),
+        (),
+        ("trial.teacher.checkpoint", "t.pth", "allowed: a state dict of cnn_large for 10 classes"),
+    ),
+    P(
+        "file-dry-run-dataset-absent",
+        {"trial": {"data": {"dataset": "cifar100", "root": "{dir}/nothing"}}},
+        "trial.data.dataset",
+        "cifar100",
+    ),
+    P("value-dry-run-cpu-64", {"resources": {"cpu": 64}}, "resources.cpu", "this machine has"),
 ]
+
+
+def _dry_run_teacher(folder: Path, content: bytes | str) -> Path:
+    """A study whose cnn_large teacher checkpoint is ``content`` (bytes), or the weights
+    of another architecture (a model name): found only by loading it."""
+    ckpt = folder / "t.pth"
+    if isinstance(content, bytes):
+        ckpt.write_bytes(content)
+    else:
+        import torch
+
+        from trainables.models import build
+
+        torch.save(build(content, 10, in_channels=1).state_dict(), ckpt)
+    path = folder / "s.yaml"
+    teacher = {"arch": "cnn_large", "checkpoint": str(ckpt)}
+    path.write_text(base_text({"trial": {"teacher": teacher}}))
+    return path
 
 
 def snapshot(folder: Path) -> list[str]:
@@ -710,7 +755,8 @@ def _with_teacher(kind: str) -> Callable[[Path], Path]:
     def build_inputs(folder: Path) -> Path:
         ckpt = _teacher_file(folder, kind)
         path = folder / "s.yaml"
-        path.write_text(base_text({"trial": {"teacher": {"checkpoint": str(ckpt)}}}))
+        teacher = {"arch": "cnn_large", "checkpoint": str(ckpt)}
+        path.write_text(base_text({"trial": {"teacher": teacher}}))
         return path
 
     return build_inputs

@@ -95,7 +95,7 @@ def test_bad_final_sections_are_refused_in_one_line(
 
 
 def test_stored_urls_keep_their_form_and_lose_credentials() -> None:
-    from study.run import _without_userinfo
+    from study.cli_checks import without_userinfo as _without_userinfo
 
     assert _without_userinfo("sqlite:////abs/optuna.db") == "sqlite:////abs/optuna.db"
     assert _without_userinfo("http://user:pw@mlflow:5000") == "http://mlflow:5000"

@@ -180,6 +180,19 @@ class TrialConfig:
         raw = dict(raw)
         losses_raw = raw.pop("losses", None)
         handoff_raw = raw.pop("handoff", None)
+        for net in ("teacher", "student"):
+            net_raw = raw.get(net)
+            if isinstance(net_raw, dict) and net_raw.get("checkpoint") and "arch" not in net_raw:
+                # a checkpoint loads into one architecture only: never guess it
+                from trainables.models import MODELS
+
+                raise ConfigError(
+                    _join(path, f"{net}.arch"),
+                    f"required with {net}.checkpoint (the checkpoint's architecture); "
+                    f"allowed: {', '.join(MODELS)}",
+                )
+        if isinstance(raw.get("teacher"), dict) and "arch" not in raw["teacher"]:
+            raw["teacher"] = {"arch": cls().teacher.arch, **raw["teacher"]}
         cfg = _build(cls, raw, path, skip={"losses", "handoff"})
         if not losses_raw:
             raise ConfigError(_join(path, "losses"), "at least one loss term is required")

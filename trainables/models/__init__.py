@@ -93,6 +93,13 @@ class CheckpointError(ValueError):
     """A file is not a readable checkpoint holding a state dict (the message names it)."""
 
 
+def _first_sentence(err: BaseException) -> str:
+    """torch's load errors run to a page (and suggest weights_only=False, which would run
+    the file's code): keep their first sentence."""
+    text = " ".join(str(err).split())
+    return text.split(". ", 1)[0][:200]
+
+
 def load_state_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The one checkpoint reader: the state dict in ``path``, read with
     ``torch.load(map_location="cpu", weights_only=True)`` (no code in the file runs).
@@ -117,9 +124,10 @@ def load_state_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         if isinstance(err, pickle.UnpicklingError) and (head[:2] == b"PK" or head[:1] == b"\x80"):
             raise CheckpointError(
                 f"{path}: cannot be read with weights_only=True (it pickles objects other "
-                f"than tensors and plain containers); re-save just the state dict: {err}"
+                f"than tensors and plain containers); re-save just the state dict: "
+                f"{_first_sentence(err)}"
             ) from err
-        what = "an empty file" if not head else f"{type(err).__name__}: {err}"
+        what = "an empty file" if not head else f"{type(err).__name__}: {_first_sentence(err)}"
         raise CheckpointError(
             f"{path}: not a readable torch checkpoint (empty, truncated or another kind "
             f"of file): {what}"
