@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from ray.tune import Callback
 
 from study.describe import CONFIG_TAG
-from study.integrity import sign_staged_state
+from study.integrity import note_staging, sign_staged_state
 from study.interrupts import STOP
 from study.mlflow_sanitize import is_metric_value
 from study.tracking import STEP_KEY, StudyTracker
@@ -172,7 +173,13 @@ class MLflowStudyCallback(Callback):
     def _guard(self, hook: str, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, **kwargs)
-        except Exception:
+        except Exception as exc:
+            from study.storage_faults import storage_fault
+
+            fault = storage_fault(exc)  # a full or read-only disk stops the study, in one line
+            if fault is not None:
+                STOP.stop_for(fault)
+                return
             logger.exception("MLflow tracking failed in %s; the study continues", hook)
 
     def _ensure_run(self, trial: Any) -> None:
@@ -265,9 +272,42 @@ class StateSigningCallback(Callback):
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if self._staging is None and trials:
-            self._staging = Path(trials[0].storage.experiment_driver_staging_path)
+            storage = trials[0].storage
+            self._staging = Path(storage.experiment_driver_staging_path)
+            # a disk that fills while Ray copies its state leaves it torn: --resume can
+            # then restore it from the staging copy (which it verifies first)
+            note_staging(Path(storage.experiment_fs_path), self._staging)
 
     def get_state(self) -> dict[str, Any] | None:
         if self._staging is not None and self._staging.is_dir():
             sign_staged_state(self._staging, self._key)
         return None  # stateless: Ray writes no callback pickle
+
+
+class StorageGuard(Callback):
+    """Probes the study directory after every trial error or recovery and every ``every``
+    seconds while trials run; a fault stops the study (:data:`study.interrupts.STOP`)."""
+
+    def __init__(self, folder: str | os.PathLike[str], every: float = 10.0) -> None:
+        self.folder, self.every = Path(folder), every
+        self._last = time.monotonic()
+
+    def _check(self) -> None:
+        self._last = time.monotonic()
+        if STOP.stopping:
+            return
+        from study.storage_faults import probe
+
+        fault = probe(self.folder)
+        if fault is not None:
+            STOP.stop_for(fault)
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if time.monotonic() - self._last >= self.every:
+            self._check()
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._check()
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._check()

@@ -42,6 +42,9 @@ DRIVER_MANIFEST = "kdstudy-signatures.json"
 STAGED_MANIFEST = "kdstudy-staged-signatures.json"
 MANIFESTS = (DRIVER_MANIFEST, STAGED_MANIFEST)
 KEY_ENV = "KDSTUDY_STATE_KEY"
+#: in the experiment directory: where Ray's local staging copy of its state lives
+#: (plain text, never unpickled; what it points to must verify before it is used)
+STAGING_NOTE = "kdstudy-staging.txt"
 
 
 class IntegrityError(RuntimeError):
@@ -151,3 +154,38 @@ def verify(exp_dir: Path, key: bytes) -> None:
                 "not resumed (if the study directory was written by someone else or changed "
                 "since, start a new study; a stray error.pkl may be deleted)"
             )
+
+
+def note_staging(exp_dir: Path, staging_dir: Path) -> None:
+    """Remember Ray's staging directory of ``exp_dir`` (for :func:`recover_from_staging`)."""
+    try:
+        atomic_write_text(Path(exp_dir) / STAGING_NOTE, str(Path(staging_dir).absolute()) + "\n")
+    except OSError:
+        pass  # a full disk: the study stops anyway; there is just no fallback copy
+
+
+def recover_from_staging(exp_dir: Path, key: bytes) -> Path | None:
+    """Repair the state of ``exp_dir`` that Ray's copy left torn (the disk filled while Ray
+    copied its staging directory there) from the staging directory itself, when that copy
+    verifies in full under ``key``. Returns the staging directory used, or None (nothing
+    changed) when there is none or it does not verify."""
+    exp_dir = Path(exp_dir)
+    try:
+        staging = Path((exp_dir / STAGING_NOTE).read_text().strip())
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not staging.is_absolute() or not staging.is_dir() or staging == exp_dir:
+        return None
+    try:
+        verify(staging, key)
+    except IntegrityError:
+        return None
+    files = [p for p in staging.iterdir() if p.is_file()] + list(staging.glob("*/error.pkl"))
+    for src in files:
+        dst = exp_dir / src.relative_to(staging)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".kdstudy-tmp")
+        tmp.write_bytes(src.read_bytes())
+        os.replace(tmp, dst)
+    verify(exp_dir, key)
+    return staging

@@ -52,12 +52,27 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.fault: BaseException | None = None  # a StorageFault (study/storage_faults.py)
         self._in_tune = False
         self._saved: dict[int, Any] = {}
 
     @property
     def interrupted(self) -> bool:
-        return self.signum is not None
+        """A signal or a storage fault stopped the study (cut trials are not finished)."""
+        return self.signum is not None or self.fault is not None
+
+    stopping = interrupted
+
+    def stop_for(self, fault: BaseException) -> None:
+        """Stop the study because of ``fault`` (a :class:`StorageFault`): during a Tune run
+        Ray is asked to stop as on its own Ctrl-C and :meth:`check` raises ``fault`` after
+        it; outside one, the next :meth:`check` raises it."""
+        if self.fault is not None or self.signum is not None:
+            return
+        self.fault = fault
+        ray_stop = signal.getsignal(signal.SIGUSR1)
+        if self._in_tune and callable(ray_stop) and ray_stop is not self._handle:
+            ray_stop(signal.SIGUSR1, None)
 
     def install(self) -> None:
         """Handle SIGINT and SIGTERM (again: ``ray.init`` replaces SIGTERM's handler).
@@ -75,7 +90,10 @@ class StopSignals:
         self._saved.clear()
 
     def check(self) -> None:
-        """Raise :class:`StudyInterrupted` if a signal came (e.g. after a ``fit()``)."""
+        """Raise :class:`StudyInterrupted` if a signal came (e.g. after a ``fit()``), or the
+        storage fault that stopped the study."""
+        if self.fault is not None:
+            raise self.fault
         if self.signum is not None:
             raise StudyInterrupted(self.signum)
 

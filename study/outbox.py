@@ -31,6 +31,7 @@ This module knows nothing of MLflow (or Ray): records are plain JSON-serialisabl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -88,14 +89,26 @@ class Outbox:
         line = json.dumps(record) + "\n"
         with self._lock:
             os.makedirs(os.path.dirname(self._path), exist_ok=True)
-            with open(self._path, "a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-                if self._fsync_appends:
-                    # The outbox exists to survive the driver: make the line durable now.
-                    os.fsync(fh.fileno())
-                else:
-                    self._unsynced = True
+            data = line.encode("utf-8")
+            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                start = os.fstat(fd).st_size
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    if self._fsync_appends:
+                        # The outbox exists to survive the driver: make the line durable now.
+                        os.fsync(fd)
+                    else:
+                        self._unsynced = True
+                except OSError:
+                    # a full disk: no torn line stays behind (the caller learns of the fault)
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
 
     def sync(self) -> None:
         """fsync the lines appended without it (``fsync_appends=False``); cheap otherwise."""

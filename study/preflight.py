@@ -162,6 +162,39 @@ def _mlflow_health(uri: str) -> str | None:
         return f"{without_userinfo(uri)} unreachable ({type(exc).__name__})"
     if r.status_code != 200:
         return f"{without_userinfo(uri)}/health answered HTTP {r.status_code}"
+    return mlflow_credentials_problem(uri)
+
+
+def mlflow_credentials_problem(uri: str) -> str | None:
+    """A server with authentication (MLflow's basic-auth app, a proxy) that refuses this
+    user's credentials (``$MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``TOKEN``): one line,
+    before anything starts -- an outage is different (the study queues its writes). None
+    when the server accepts them, has no authentication, or cannot be asked now."""
+    import requests
+
+    env = os.environ
+    user, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
+    headers = {}
+    if env.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    try:
+        r = requests.post(
+            url,
+            json={"max_results": 1},
+            auth=(user, password or "") if user else None,
+            headers=headers,
+            timeout=10,
+        )
+    except requests.RequestException:
+        return None  # unreachable: the tracker's outbox covers an outage
+    if r.status_code in (401, 403):
+        given = "were refused" if user or headers else "are needed"
+        return (
+            f"{without_userinfo(uri)} answered HTTP {r.status_code}: credentials {given} "
+            "(allowed: an account of that server in $MLFLOW_TRACKING_USERNAME and "
+            "$MLFLOW_TRACKING_PASSWORD, or $MLFLOW_TRACKING_TOKEN)"
+        )
     return None
 
 
@@ -170,4 +203,10 @@ def _one_line(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-__all__: list[Any] = ["CHECKPOINT_FORMS", "DryRun", "dry_run", "teacher_missing_line"]
+__all__: list[Any] = [
+    "CHECKPOINT_FORMS",
+    "DryRun",
+    "dry_run",
+    "mlflow_credentials_problem",
+    "teacher_missing_line",
+]

@@ -68,7 +68,8 @@ def route_ray_logs(storage: Path, *, verbose: bool) -> Path:
     # Python warnings raised in the driver by Ray and Optuna (e.g. "define-by-run function
     # took 1.0 seconds") go there too
     logging.captureWarnings(True)
-    for name in ("ray.tune", "ray.train", "ray.air", "py.warnings"):
+    # "ray._private.worker": unhandled errors of trials cut short (their futures never read)
+    for name in ("ray.tune", "ray.train", "ray.air", "ray._private.worker", "py.warnings"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = verbose
@@ -104,7 +105,7 @@ def run_tuners(
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    from study.callbacks import MLflowStudyCallback, StateSigningCallback
+    from study.callbacks import MLflowStudyCallback, StateSigningCallback, StorageGuard
     from study.integrity import load_key, sign
     from study.progress import ProgressCallback
     from study.run import optuna_url
@@ -139,7 +140,7 @@ def run_tuners(
             f"[{PHASES.index(name) + 3}/{len(PHASES) + 2}] {name}: {total} trial(s), "
             f"{epochs} epochs, {spec.concurrency} at a time"
         )
-        trainable = trainable_with_resources(phase_bases, res["cpu"], res["gpu"])
+        trainable = trainable_with_resources(phase_bases, res)
         callbacks = [
             MLflowStudyCallback(
                 tracker, describe, max_iterations=epochs, outputs_dir=str(storage / "trials")
@@ -155,6 +156,7 @@ def run_tuners(
                 label=_progress_label,
             ),
             JsonLoggerCallback(),
+            StorageGuard(storage),  # a full or read-only disk stops the study in one line
             StateSigningCallback(state_key),  # last: it signs what Ray just saved
         ]
         run_config = tune.RunConfig(

@@ -34,6 +34,11 @@ def _name(key: str) -> str:
     return RAY_NAMES.get(key, key)
 
 
+def _spec_key(key: str) -> str:
+    """Where the spec sets ``key``: ``resources.cpu``, or ``resources.custom.<name>``."""
+    return f"resources.{key}" if key in RAY_NAMES else f"resources.custom.{key}"
+
+
 def _offer(node: dict[str, float], names: list[str]) -> str:
     return ", ".join(f"{n} {node.get(n, 0.0):g}" for n in names)
 
@@ -55,7 +60,8 @@ def _offers(nodes: list[dict[str, float]], names: list[str], limit: int = 4) -> 
 
 def check_resources(per_trial: dict[str, float], nodes: list[dict[str, Any]]) -> str | None:
     """One line saying why one trial (``per_trial``: the spec's ``resources``, e.g.
-    ``{"cpu": 1, "gpu": 0.5}``; other keys are Ray custom resources) fits on no alive
+    ``{"cpu": 1, "gpu": 0.5}``; other keys are Ray custom resources, set in the spec's
+    ``resources.custom`` and named so in the message) fits on no alive
     node of ``nodes`` (``ray.nodes()``: dicts with ``Alive`` and ``Resources``), or None
     when at least one node can hold it."""
     wanted = {_name(k): float(v) for k, v in per_trial.items() if float(v) > 0}
@@ -79,7 +85,9 @@ def check_resources(per_trial: dict[str, float], nodes: list[dict[str, Any]]) ->
             has = "no node of this cluster has any"
         else:
             has = f"the largest node offers {best:g}"
-        return f"resources.{key}: a trial asks for {amount:g} {name}; {has} (nodes offer: {offers})"
+        return (
+            f"{_spec_key(key)}: a trial asks for {amount:g} {name}; {has} (nodes offer: {offers})"
+        )
     if any(all(node.get(n, 0.0) + _EPS >= a for n, a in wanted.items()) for node in alive):
         return None
     asked = " + ".join(f"{a:g} {n}" for n, a in wanted.items())

@@ -5,7 +5,8 @@ Ray, no run, no file written) -> study directory -> teacher and cost matrix on
 the driver -> MLflow experiment + parent run (the driver is the only writer) ->
 Ray -> baselines (each seed) -> the search -> leaderboard and the MLflow UI
 command. Exit codes: 0 done, 2 bad input, 1 failure (also: MLflow writes left
-undelivered), 130/143 interrupted by SIGINT/SIGTERM (``--resume`` continues).
+undelivered), 130/143 interrupted by SIGINT/SIGTERM, 74 the storage is full or
+read-only (study/storage_faults.py; ``--resume`` continues both).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from study.interrupts import STOP, StudyInterrupted
 from study.ray_phases import ray_address, run_tuners
 from study.resources import ResourceUnavailable
 from study.spec import SpecError, StudySpec, load_spec
+from study.storage_faults import StorageFault, fault_behind, fault_line
 from trainables.config import ConfigError, TrialConfig
 from trainables.fsutil import atomic_write_text
 
@@ -162,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{n_trials} searched trial(s){per} + {n_base} baseline run(s) "
             f"({len(spec.baselines)} baselines x {len(spec.seeds)} seeds), "
             f"{spec.epochs} epochs each, up to {spec.concurrency} at once, "
-            f"{spec.resources['cpu']:g} CPU + {spec.resources['gpu']:g} GPU per trial"
+            f"{spec.resources['cpu']:g} CPU + {spec.resources['gpu']:g} GPU"
+            + "".join(f" + {v:g} {k}" for k, v in spec.resources.items() if k not in ("cpu", "gpu"))
+            + " per trial"
         )
         n_arms = (spec.final.top_k if n_trials else 0) + (
             0 if args.skip_baselines else len(spec.baselines)
@@ -211,14 +215,30 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.resume:
         # before anything starts: Ray's restore unpickles these files (study/integrity.py)
-        from study.integrity import IntegrityError, load_key, verify
+        from study.integrity import IntegrityError, load_key, recover_from_staging, verify
 
         try:
             state_key = load_key(create=False)
             for exp_dir in sorted((storage / "ray").glob("*")):
-                verify(exp_dir, state_key)
+                try:
+                    verify(exp_dir, state_key)
+                except IntegrityError:
+                    # torn by a disk that filled while Ray copied it? Ray's local copy
+                    if recover_from_staging(exp_dir, state_key) is None:
+                        raise
+                    print(
+                        f"note: {exp_dir.name}: Ray's state in the study directory was "
+                        "incomplete (the disk filled while Ray copied it); restored from "
+                        "Ray's local copy, which verified"
+                    )
         except IntegrityError as exc:
             return bad_input(f"--resume: {exc}")
+    if (args.tracking_uri or "").startswith(("http://", "https://")):
+        from study.preflight import mlflow_credentials_problem
+
+        auth_error = mlflow_credentials_problem(args.tracking_uri)
+        if auth_error:  # a wrong password is not an outage: refuse before anything starts
+            return bad_input(f"--tracking-uri: {auth_error}")
     # what finishes this study (an interruption, undelivered MLflow writes name it)
     args.resume_command = resume_command(argv, storage)
     STOP.install()  # Ctrl-C / SIGTERM: stop within seconds, resumable (study/interrupts.py)
@@ -235,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             what = f"nothing started; run it again with: {resume_command(argv, storage, False)}"
         print(f"\ninterrupted ({name}): {what}", file=sys.stderr)
         return code
+    except StorageFault as exc:
+        return _storage_stopped(exc, argv, storage)
     except ResourceUnavailable as exc:
         # refused before any trial ran: a study directory this invocation created (its
         # SQLite MLflow store and default teacher registry inside) is removed, so nothing is
@@ -242,8 +264,19 @@ def main(argv: list[str] | None = None) -> int:
         if fresh and not args.resume:
             shutil.rmtree(storage, ignore_errors=True)
         return bad_input(str(exc))
+    except Exception as exc:
+        fault = fault_behind(exc, storage)  # Ray, Optuna, SQLite or MLflow hit a full disk
+        if fault is None:
+            raise
+        return _storage_stopped(fault, argv, storage)
     finally:
         STOP.restore()
+
+
+def _storage_stopped(fault: StorageFault, argv: list[str], storage: Path) -> int:
+    started = (storage / "study.json").is_file()  # else: run the same command again
+    print(fault_line(fault, resume_command(argv, storage, started)), file=sys.stderr)
+    return fault.exit_code
 
 
 def resume_command(argv: list[str], storage: Path, resume: bool = True) -> str:
@@ -310,6 +343,8 @@ def needs_cost(spec: StudySpec) -> bool:
 def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials: int) -> int:
     say = (lambda *a, **k: None) if args.quiet else print
     import logging
+
+    logging.raiseExceptions = False  # a log line that cannot be written is not a traceback
 
     for noisy in ("mlflow", "alembic", "optuna"):  # their INFO lines drown the progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -497,8 +532,15 @@ def run_study(spec: StudySpec, args: argparse.Namespace, storage: Path, n_trials
         # whatever stopped the driver (a crash here or in Ray, Ctrl-C, SIGTERM), no MLflow
         # run stays RUNNING: the parent ends FAILED (a crash) or KILLED, its open children
         # KILLED; --resume reopens the study
-        with contextlib.suppress(Exception):
-            tracker.finish_study("FAILED" if isinstance(exc, Exception) else "KILLED")
+        full = fault_behind(exc, storage) is not None  # a local store fails alike: be quiet
+        if full:
+            logging.disable(logging.CRITICAL)
+        try:
+            with contextlib.suppress(Exception):
+                tracker.finish_study("FAILED" if isinstance(exc, Exception) else "KILLED")
+        finally:
+            if full:
+                logging.disable(logging.NOTSET)
         raise
     print()
     print(table)

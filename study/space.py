@@ -105,6 +105,10 @@ def _already_finished_in_storage() -> Iterator[None]:
         pass
 
 
+#: Optuna user attribute of a trial asked and told PRUNED at once as a repeat (never run)
+REDRAW_ATTR = "kdstudy_redraw"
+
+
 class FidelityAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells a trial stopped before ``full_budget`` epochs as PRUNED,
     and never starts a configuration it has already run.
@@ -177,7 +181,9 @@ class FidelityAwareOptunaSearch(OptunaSearch):
                 return config
             if attempt == self._max_redraws and self._grid is None:
                 break  # a large space that keeps repeating itself: run the repeat
-            self._ot_study.tell(self._ot_trials.pop(trial_id), None, state=OptunaTrialState.PRUNED)
+            redraw = self._ot_trials.pop(trial_id)
+            redraw.set_user_attr(REDRAW_ATTR, True)  # asked, never run (see _run_trials)
+            self._ot_study.tell(redraw, None, state=OptunaTrialState.PRUNED)
             self.repeats_skipped += 1
             if self._n_points is not None and len(self._distinct_run()) >= self._n_points:
                 return Searcher.FINISHED
@@ -196,9 +202,15 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         return repr(sorted(trial.params.items()))
 
     def _run_trials(self) -> list[Any]:
-        """Optuna trials Ray runs or ran (redraws skipped above are not among them)."""
-        mine = {t.number for t in self._ot_trials.values()}
-        return [t for t in self._ot_study.get_trials(deepcopy=False) if t.number in mine]
+        """Optuna trials Ray runs or ran: every trial of the study but the redraws skipped
+        above. The study, not this searcher's map of its trials: a persistent storage also
+        holds the trials asked after the snapshot a resumed searcher was restored from (the
+        rewound sampler would draw their configurations again)."""
+        return [
+            t
+            for t in self._ot_study.get_trials(deepcopy=False)
+            if not t.user_attrs.get(REDRAW_ATTR)
+        ]
 
     def _distinct_run(self) -> set[str]:
         return {self._key(t) for t in self._run_trials()}

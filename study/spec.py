@@ -12,7 +12,9 @@ A study file is data only (``yaml.safe_load``). Sections:
 - ``trial_scheduler``: Ray's trial scheduler, ``{kind: fifo|asha|pbt|median, grace_period,
   reduction_factor, ...}``
   with epoch positions as fractions of the planned epochs;
-- ``samples`` (searched configurations), ``concurrency``, ``resources: {cpu, gpu}``,
+- ``samples`` (searched configurations), ``concurrency``,
+  ``resources: {cpu, gpu, custom: {name: N}}`` (``custom``: Ray custom resources, flat
+  in ``StudySpec.resources``),
   ``seeds`` (baselines run under each), ``repeats`` (each searched configuration runs
   under the first ``repeats`` seeds and is ranked by its mean: ``samples x repeats``
   trials; default 1, one trial under ``trial.seed`` or the first seed),
@@ -382,19 +384,7 @@ def validate(raw: dict[str, Any], path: Path) -> StudySpec:
     _int(trial_scheduler.min_samples_required, "trial_scheduler.min_samples_required", err, 1)
     samples = _int(raw.get("samples", 16), "samples", err, minimum=1)
     concurrency = _int(raw.get("concurrency", 2), "concurrency", err, minimum=1)
-    resources = raw.get("resources") or {}
-    if not isinstance(resources, dict):
-        err("resources", f"{resources!r}", "a mapping {cpu: N, gpu: fraction}")
-    for k, v in resources.items():
-        if k not in ("cpu", "gpu"):
-            err(f"resources.{k}", "unknown key", "allowed: cpu, gpu")
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
-            err(
-                f"resources.{k}",
-                f"{v!r}",
-                "a finite number >= 0 (gpu may be fractional, e.g. 0.5)",
-            )
-    res = {"cpu": float(resources.get("cpu", 1)), "gpu": float(resources.get("gpu", 0))}
+    res = _parse_resources(raw.get("resources") or {}, err)
     seeds = raw.get("seeds", [0])
     if (
         not isinstance(seeds, list)
@@ -504,6 +494,58 @@ def _section(raw: dict[str, Any], key: str, allowed: tuple[str, ...], err: _Err)
         if k not in allowed:
             err(f"{key}.{k}", "unknown key", f"allowed: {', '.join(allowed)}")
     return section
+
+
+#: Ray's own resource names, refused as custom names (any case): cpu/gpu have their keys
+RESERVED_RESOURCES = ("cpu", "gpu", "memory", "object_store_memory")
+CUSTOM_RESOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def _resource_amount(v: Any, key: str, err: _Err, allowed: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+        err(key, f"{v!r}", allowed)
+    return float(v)
+
+
+def _parse_resources(resources: Any, err: _Err) -> dict[str, float]:
+    """``resources: {cpu, gpu, custom: {name: amount}}`` -> the flat per-trial request Ray
+    takes: ``{"cpu": 1.0, "gpu": 0.0, <custom name>: amount, ...}`` (custom resources are
+    those a node offers with ``ray start --resources='{"name": N}'``)."""
+    if not isinstance(resources, dict):
+        err("resources", f"{resources!r}", "a mapping {cpu: N, gpu: fraction, custom: {name: N}}")
+    for k in resources:
+        if k not in ("cpu", "gpu", "custom"):
+            err(f"resources.{k}", "unknown key", "allowed: cpu, gpu, custom")
+    res = {
+        k: _resource_amount(
+            resources.get(k, default),
+            f"resources.{k}",
+            err,
+            "a finite number >= 0 (gpu may be fractional, e.g. 0.5)",
+        )
+        for k, default in (("cpu", 1), ("gpu", 0))
+    }
+    custom = resources.get("custom")
+    if custom is None:
+        custom = {}
+    if not isinstance(custom, dict):
+        err("resources.custom", f"{custom!r}", "a mapping {name: amount} of Ray custom resources")
+    for name, v in custom.items():
+        key = f"resources.custom.{name}"
+        if not isinstance(name, str) or not CUSTOM_RESOURCE_NAME.fullmatch(name):
+            err(
+                key,
+                f"{name!r} is not a resource name",
+                "letters, digits, _ . - (not first: a digit, . or -)",
+            )
+        if name.lower() in RESERVED_RESOURCES:
+            err(
+                key,
+                f"{name!r} is one of Ray's own resources",
+                "a custom name; set CPUs and GPUs with resources.cpu / resources.gpu",
+            )
+        res[name] = _resource_amount(v, key, err, "a finite number >= 0")
+    return res
 
 
 def _int(v: Any, key: str, err: _Err, minimum: int) -> int:

@@ -488,9 +488,11 @@ class StudyTracker:
         with self._apply_lock:
             self._flush(force=True)
             self._submit(record)
-        if self._outbox.pending():  # the caller says what to do about it (run.py)
+        if self._outbox.pending():
             where = self._outbox.path or "memory (lost at exit)"
-            logger.info(
+            # a file outbox: the caller says how to deliver it (run.py); memory: lost
+            logger.log(
+                logging.INFO if self._outbox.path else logging.WARNING,
                 "MLflow still unreachable at study end; %d operations remain in the outbox %s",
                 len(self._outbox.read()),
                 where,

@@ -556,7 +556,7 @@ CASES: list[Case] = [
     # -- file: teacher checkpoints and cost matrices ----------------------------------------
     P(
         "file-student-checkpoint-missing",
-        {"trial": {"student": {"checkpoint": "/nope.pt"}}},
+        {"trial": {"student": {"arch": "cnn_small", "checkpoint": "/nope.pt"}}},
         "trial.student.checkpoint",
         "not a file",
     ),

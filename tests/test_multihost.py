@@ -1,13 +1,18 @@
 """A study across two hosts, on one machine: two network namespaces joined by a veth pair
 (docs: /work/shared/spec/platform.md, "Multi-node tests on one machine").
 
-Namespace A holds PostgreSQL, an MLflow server on it (job execution off, a Host allow-list)
-and the Ray head (no CPUs for trials, as on the compose and Kubernetes clusters);
-namespace B holds a Ray worker that offers 2 CPUs and a custom resource. Token auth is on
-with one token: a driver without it, or with another, is refused. The driver in A runs a
-small real study with ``--address`` and ``--tracking-uri``: every trial runs on the worker
-in B, and MLflow (PostgreSQL behind it) holds one FINISHED run per trial under a FINISHED
-parent. No packet leaves the veth pair: each namespace's default route is its veth end.
+Namespace A holds PostgreSQL, an MLflow server on it with basic auth (``--app-name
+basic-auth`` as in docker/: admin account from the environment, users in SQLite; job
+execution off, a Host allow-list) and the Ray head, which offers 2 CPUs; namespace B holds
+a Ray worker that offers 2 CPUs and the custom resource ``kd_worker``. Token auth is on
+with one token: a driver without it, or with another, is refused. MLflow refuses a request
+without credentials (401); the admin creates the driver's account, as docker/README.md
+shows. The driver in A runs a small real study with ``--address`` and ``--tracking-uri``,
+logged in through ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``, whose trials ask for
+``resources: {cpu: 1, gpu: 0, custom: {kd_worker: 1}}``: both hosts have free CPUs, so
+that every trial runs on the worker in B shows the custom resource routed them. MLflow
+(PostgreSQL behind it) holds one FINISHED run per trial under a FINISHED parent. No packet
+leaves the veth pair: each namespace's default route is its veth end.
 
 Root only (network namespaces, and PostgreSQL runs as ``nobody``); CI runs as root.
 """
@@ -62,6 +67,10 @@ def _skip_reason() -> str | None:
         import psycopg2  # noqa: F401
     except ImportError:
         return "psycopg2 missing (pip install -e '.[test]')"
+    try:
+        import flask_wtf  # noqa: F401
+    except ImportError:
+        return "Flask-WTF missing, MLflow's basic-auth app needs it (pip install -e '.[test]')"
     return None
 
 
@@ -255,8 +264,25 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
     )
     assert r.returncode == 0, r.stderr
 
-    # -- MLflow server in A on PostgreSQL -------------------------------------------
-    mlflow_env = {**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # -- MLflow server in A on PostgreSQL, basic auth as in docker/ -------------------
+    # docker/mlflow_basic_auth.ini with the users' SQLite file here; the admin account comes
+    # from the environment (used on the first start only), as compose and k8s set it
+    auth_ini = (REPO / "docker" / "mlflow_basic_auth.ini").read_text()
+    auth_db = tmp_path / "mlflow-auth" / "basic_auth.db"
+    auth_db.parent.mkdir()
+    assert "database_uri = sqlite:////mlflow-auth/basic_auth.db" in auth_ini
+    auth_ini = auth_ini.replace("sqlite:////mlflow-auth/basic_auth.db", f"sqlite:///{auth_db}")
+    (tmp_path / "basic_auth.ini").write_text(auth_ini)
+    admin = ("admin", secrets.token_urlsafe(24))
+    runner = ("kdstudy-runner", secrets.token_urlsafe(24))  # the study driver's account
+    mlflow_env = {
+        **{k: v for k, v in ENV.items() if not k.startswith("MLFLOW_TRACKING_")},
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+        "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
+    }
     mlflow = h.spawn(
         h.a,
         [MLFLOW, "server", "--host", h.addr_a, "--port", str(MLFLOW_PORT), "--workers", "1"]
@@ -265,6 +291,7 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
             f"postgresql+psycopg2://mlflow:{password}@{h.addr_a}:{PG_PORT}/mlflow",
         ]
         + ["--serve-artifacts", "--artifacts-destination", str(storage_root / "mlartifacts")]
+        + ["--app-name", "basic-auth"]
         + ["--allowed-hosts", f"{h.addr_a},{h.addr_a}:{MLFLOW_PORT}"],
         "mlflow.log",
         mlflow_env,
@@ -275,11 +302,11 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
     def mlflow_ready() -> bool:
         return h.python(h.a, health, ENV, timeout=30).returncode == 0
 
-    # -- Ray: head in A (no trial CPUs), worker in B (2 CPUs + a custom resource) -----
+    # -- Ray: head in A (2 CPUs, no custom resource), worker in B (2 CPUs + kd_worker 2) --
     head = h.spawn(
         h.a,
         [RAY, "start", "--head", f"--node-ip-address={h.addr_a}", f"--port={RAY_PORT}"]
-        + ["--num-cpus=0", "--include-dashboard=false", "--disable-usage-stats", "--block"]
+        + ["--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", "--block"]
         + [f"--temp-dir={ray_temp}"],
         "head.log",
         CLUSTER_ENV,
@@ -304,6 +331,37 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
     )
     t_up = time.monotonic() - t_start
 
+    # -- MLflow basic auth: no or wrong credentials are refused (401); the admin creates
+    # the driver's account with the call docker/README.md shows ----------------------------
+    api = f"{uri}/api/2.0/mlflow"
+    status = (
+        "import base64, json, sys, urllib.error, urllib.request as u\n"
+        "url, user, pw, body = sys.argv[1:5]\n"
+        "req = u.Request(url, data=body.encode() or None, "
+        "headers={'Content-Type': 'application/json'})\n"
+        "if user:\n"
+        "    tok = base64.b64encode(f'{user}:{pw}'.encode()).decode()\n"
+        "    req.add_header('Authorization', 'Basic ' + tok)\n"
+        "try:\n"
+        "    print(u.urlopen(req, timeout=30).status)\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code)\n"
+    )
+
+    def http_status(url: str, user: str = "", pw: str = "", body: str = "") -> int:
+        r = h.run(h.a, [sys.executable, "-c", status, url, user, pw, body], ENV, timeout=60)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return int(r.stdout.strip().splitlines()[-1])
+
+    search = f"{api}/experiments/search?max_results=1"
+    assert http_status(search) == 401
+    assert http_status(search, admin[0], "not-the-password") == 401
+    assert http_status(search, *admin) == 200
+    new_user = json.dumps({"username": runner[0], "password": runner[1]})
+    assert http_status(f"{api}/users/create", *admin, body=new_user) == 200
+    assert http_status(search, *runner) == 200
+    logged_in = {"MLFLOW_TRACKING_USERNAME": runner[0], "MLFLOW_TRACKING_PASSWORD": runner[1]}
+
     # -- token auth: no token, or another one, is refused -------------------------------
     wrong = {**ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     assert alive_nodes(h, wrong) == 0
@@ -320,7 +378,7 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
     assert r.returncode == 0, r.stderr[-3000:]
     fits, too_many, gpu = json.loads(r.stdout.strip().splitlines()[-1])
     assert fits is None
-    assert too_many.startswith("resources.kd_worker: a trial asks for 3 kd_worker; ")
+    assert too_many.startswith("resources.custom.kd_worker: a trial asks for 3 kd_worker; ")
     assert "the largest node offers 2" in too_many
     assert gpu.startswith("resources.gpu: a trial asks for 1 GPU; no node of this cluster")
 
@@ -334,7 +392,7 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
         "seeds: [0]\n"
         "repeats: 1\n"
         "concurrency: 2\n"
-        "resources: {cpu: 1, gpu: 0}\n"
+        "resources: {cpu: 1, gpu: 0, custom: {kd_worker: 1}}\n"
     )
     storage = storage_root / "multihost"
     cmd = [*RUN, "--space", str(space), "--storage", str(storage)]
@@ -344,8 +402,18 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
         cmd += ["--skip-final"]  # no final runs on the test set: the search is the point here
     assert teacher.wait(timeout=240) == 0, (tmp_path / "teacher.log").read_text()[-3000:]
     cmd += ["--address", f"{h.addr_a}:{RAY_PORT}", "--tracking-uri", uri]
+    # a wrong MLflow password is refused in one line before anything starts (not an outage)
+    wrong_pw = {**logged_in, "MLFLOW_TRACKING_PASSWORD": "not-the-password"}
+    r = h.run(h.a, cmd, {**CLUSTER_ENV, **wrong_pw}, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [
+        f"error: --tracking-uri: {uri} answered HTTP 401: credentials were refused (allowed: "
+        "an account of that server in $MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD, "
+        "or $MLFLOW_TRACKING_TOKEN)"
+    ], r.stderr
+    assert not storage.exists()
     t0 = time.monotonic()
-    r = h.run(h.a, cmd, CLUSTER_ENV, timeout=300, cwd=tmp_path)
+    r = h.run(h.a, cmd, {**CLUSTER_ENV, **logged_in}, timeout=300, cwd=tmp_path)
     t_study = time.monotonic() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
@@ -356,7 +424,8 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
         rows = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
         assert rows and rows[-1]["training_iteration"] >= 1
         nodes |= {row["node_ip"] for row in rows}
-    assert nodes == {h.addr_b}, nodes  # every trial ran on the worker host
+    # every trial ran on the worker host: the head has free CPUs too, only B offers kd_worker
+    assert nodes == {h.addr_b}, nodes
 
     # -- MLflow, asked over HTTP from A: one FINISHED run per trial, FINISHED parent ----
     check = (
@@ -366,7 +435,7 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
         "print(json.dumps([dict(id=x.info.run_id, status=x.info.status, "
         "tags=x.data.tags) for x in rs]))"
     )
-    r = h.python(h.a, check, ENV)
+    r = h.python(h.a, check, {**ENV, **logged_in})
     assert r.returncode == 0, r.stderr[-3000:]
     runs = json.loads(r.stdout.strip().splitlines()[-1])
     parents = [x for x in runs if x["tags"].get("role") == "study"]

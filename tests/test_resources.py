@@ -74,9 +74,23 @@ def test_each_resource_somewhere_but_never_all_on_one_node() -> None:
 def test_custom_resource_missing() -> None:
     msg = check_resources({"cpu": 1, "fake_gpu": 1}, [CPU2])
     assert msg == (
-        "resources.fake_gpu: a trial asks for 1 fake_gpu; no node of this cluster has any "
+        "resources.custom.fake_gpu: a trial asks for 1 fake_gpu; no node of this cluster has any "
         "(nodes offer: CPU 2, GPU 0, fake_gpu 0)"
     )
+
+
+def test_custom_resource_too_small_names_its_spec_key() -> None:
+    # the spec's resources.custom.kd_worker: 3, workers started with --resources='{"kd_worker": 2}'
+    nodes = [CPU2, node(CPU=2, kd_worker=2)]
+    msg = check_resources({"cpu": 1.0, "gpu": 0.0, "kd_worker": 3.0}, nodes)
+    assert msg is not None
+    assert msg.startswith(
+        "resources.custom.kd_worker: a trial asks for 3 kd_worker; the largest node offers 2 "
+    ), msg
+    assert check_resources({"cpu": 1.0, "gpu": 0.0, "kd_worker": 2.0}, nodes) is None
+    # cpu and gpu keep their own keys
+    msg = check_resources({"cpu": 4.0, "gpu": 0.0, "kd_worker": 1.0}, nodes)
+    assert msg is not None and msg.startswith("resources.cpu: a trial asks for 4 CPU"), msg
 
 
 def test_skip_switch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -117,6 +117,19 @@ def test_auth_disabled_is_never_silent(
     assert "allowed: token, disabled" in (secure_ray_env(None) or "")
 
 
+def test_the_cli_sets_the_auth_mode_before_anything_imports_ray() -> None:
+    """Ray reads RAY_AUTH_MODE once, when it is imported: were any module that study/run.py
+    imports at the top to import Ray, the driver would talk to its own token-protected
+    Ray without the token (every study fails to start)."""
+    code = (
+        "import sys; sys.argv = ['run.py']; import study.run, study.cli_checks, study.preflight; "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]", r.stdout
+
+
 # -- signed state ------------------------------------------------------------------------
 
 

@@ -259,3 +259,36 @@ def test_a_finite_space_runs_an_unrun_point_when_redraws_run_out() -> None:
     assert sorted(seen) == [1.0, 4.0, 16.0]
     assert s.repeats_skipped >= 1  # a repeat was drawn and replaced
     assert s.suggest("t3") == Searcher.FINISHED
+
+
+def test_a_searcher_restored_from_an_older_snapshot_does_not_repeat_a_newer_trial(
+    tmp_path: Path,
+) -> None:
+    """Ray restores the searcher from its last snapshot, but the persistent Optuna storage
+    holds every trial asked since (a driver killed between two snapshots): the seeded
+    sampler, rewound to the snapshot, draws the configuration of such a trial again. The
+    storage is asked, and that draw is redrawn instead of run twice."""
+    spec = load_spec(REPO / "search_spaces" / "quickstart.yaml")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+    def search() -> FidelityAwareOptunaSearch:
+        return FidelityAwareOptunaSearch(
+            12,
+            space=define_by_run(spec),
+            metric=spec.objective.reported_metric,
+            mode="max",
+            sampler=build_sampler(spec),
+            storage=storage,
+            study_name="search",
+        )
+
+    s = search()
+    s.suggest("a")  # the published point
+    s.suggest("b")
+    snapshot = pickle.dumps(s.__dict__)  # what Searcher.save writes
+    newer = s.suggest("c")  # asked after the snapshot; then the driver dies
+    again = search()
+    again.__dict__.update(pickle.loads(snapshot))  # Searcher.restore
+    first = again.suggest("c")
+    assert isinstance(first, dict) and first != newer
+    assert again.repeats_skipped == 1

@@ -157,7 +157,50 @@ trial_scheduler: {kind: fifo}
             "trial_scheduler.kind: 'hyperband' is not allowed (allowed: fifo, asha, pbt, median)",
         ),
         ({"searcher": {"kind": "tpe", "sede": 1}}, "searcher.sede: unknown key"),
-        ({"resources": {"gpus": 1}}, "resources.gpus: unknown key (allowed: cpu, gpu)"),
+        ({"resources": {"gpus": 1}}, "resources.gpus: unknown key (allowed: cpu, gpu, custom)"),
+        # Ray custom resources: an explicit sub-mapping, names and amounts checked
+        (
+            {"resources": {"custom": 3}},
+            "resources.custom: 3 (a mapping {name: amount} of Ray custom resources)",
+        ),
+        (
+            {"resources": {"custom": {"kd worker": 1}}},
+            "resources.custom.kd worker: 'kd worker' is not a resource name (letters, digits",
+        ),
+        (
+            {"resources": {"custom": {"1st": 1}}},
+            "resources.custom.1st: '1st' is not a resource name",
+        ),
+        (
+            {"resources": {"custom": {"GPU": 1}}},
+            "resources.custom.GPU: 'GPU' is one of Ray's own resources (a custom name; set CPUs "
+            "and GPUs with resources.cpu / resources.gpu)",
+        ),
+        ({"resources": {"custom": {"cpu": 1}}}, "resources.custom.cpu: 'cpu' is one of Ray's own"),
+        (
+            {"resources": {"custom": {"Object_Store_Memory": 1}}},
+            "resources.custom.Object_Store_Memory: 'Object_Store_Memory' is one of Ray's own",
+        ),
+        (
+            {"resources": {"custom": {"memory": 1}}},
+            "resources.custom.memory: 'memory' is one of Ray's own",
+        ),
+        (
+            {"resources": {"custom": {"kd_worker": -1}}},
+            "resources.custom.kd_worker: -1 (a finite number >= 0)",
+        ),
+        (
+            {"resources": {"custom": {"kd_worker": True}}},
+            "resources.custom.kd_worker: True (a finite number >= 0)",
+        ),
+        (
+            {"resources": {"custom": {"kd_worker": float("inf")}}},
+            "resources.custom.kd_worker: inf (a finite number >= 0)",
+        ),
+        (
+            {"resources": {"custom": {"kd_worker": "1"}}},
+            "resources.custom.kd_worker: '1' (a finite number >= 0)",
+        ),
         ({"bogus": 1}, "bogus: unknown section"),
         ({"trial_scheduler": {"kind": "pbt"}}, "pbt cannot be combined with a search algorithm"),
         (
@@ -191,6 +234,22 @@ def _merge(a: dict, b: dict) -> None:
             _merge(a[k], v)
         else:
             a[k] = v
+
+
+def test_custom_resources_reach_the_flat_request(tmp_path: Path) -> None:
+    text = BASE + "resources: {cpu: 2, gpu: 0.5, custom: {kd_worker: 1, fast.disk-1: 0.25}}\n"
+    spec = load_spec(write(tmp_path, text))
+    # flat, as Ray takes it (tune.with_resources, ray.nodes() names), all floats
+    assert spec.resources == {"cpu": 2.0, "gpu": 0.5, "kd_worker": 1.0, "fast.disk-1": 0.25}
+    assert all(type(v) is float for v in spec.resources.values())
+    # what --dry-run prints and the parent run stores (compiled.json) shows them
+    assert spec.compiled()["resources"]["kd_worker"] == 1.0
+    assert spec.raw["resources"]["custom"] == {"kd_worker": 1, "fast.disk-1": 0.25}
+    # defaults unchanged; an empty or null custom mapping adds nothing
+    assert load_spec(write(tmp_path, BASE)).resources == {"cpu": 1.0, "gpu": 0.0}
+    for custom in ("{}", "null"):
+        text = BASE + f"resources: {{gpu: 1, custom: {custom}}}\n"
+        assert load_spec(write(tmp_path, text)).resources == {"cpu": 1.0, "gpu": 1.0}
 
 
 def test_asha_grace_must_exceed_warmup(tmp_path: Path) -> None:

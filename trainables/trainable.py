@@ -13,6 +13,7 @@ import json
 import shutil
 import tempfile
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,25 @@ def train_trial(config: dict[str, Any], bases: dict[str, dict[str, Any]]) -> Non
         raise
 
 
-def trainable_with_resources(bases: dict[str, dict[str, Any]], cpu: float, gpu: float) -> Any:
-    """``train_trial`` bound to its bases, with per-trial resources (fractional GPU ok)."""
+def trainable_with_resources(
+    bases: dict[str, dict[str, Any]],
+    resources: Mapping[str, float] | None = None,
+    *,
+    cpu: float | None = None,
+    gpu: float | None = None,
+) -> Any:
+    """``train_trial`` bound to its bases, with per-trial resources: ``resources`` is the
+    spec's flat request, ``{"cpu": 1.0, "gpu": 0.5, <custom name>: amount, ...}``
+    (fractional GPU ok; keys other than cpu/gpu are Ray custom resources). ``cpu=`` /
+    ``gpu=`` set or override those two (``benchmarks/bench_ray_overhead.py`` uses them)."""
+    res = {"cpu": 1.0, "gpu": 0.0, **{k: float(v) for k, v in (resources or {}).items()}}
+    if cpu is not None:
+        res["cpu"] = float(cpu)
+    if gpu is not None:
+        res["gpu"] = float(gpu)
+    custom = {k: v for k, v in res.items() if k not in ("cpu", "gpu")}
     fn = tune.with_parameters(train_trial, bases=bases)
-    return tune.with_resources(fn, {"cpu": cpu, "gpu": gpu})
+    # Ray reads a "custom_resources" entry as the bundle of custom resources (any name,
+    # even "custom_resources" itself, stays a plain custom resource inside it)
+    request: dict[str, Any] = {"cpu": res["cpu"], "gpu": res["gpu"], "custom_resources": custom}
+    return tune.with_resources(fn, request)
