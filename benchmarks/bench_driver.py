@@ -13,10 +13,11 @@ delivers them. Timed: the wall time of each ``on_trial_result`` call (what block
 loop), for
 
 * ``sync``: every write applied in the callback (the old path, ``delivery="sync"``);
-* ``background``: the record is appended (fsynced) to the outbox and a delivery thread
-  applies it (``delivery="background"``, the default of a driver);
+* ``background``: the record is appended and fsynced to the outbox and a delivery thread
+  applies it (``delivery="background"``, ``outbox_fsync="append"``);
 * ``background+deferred-fsync``: the same, the outbox line fsynced by the delivery thread
-  (``outbox_fsync="delivery"``): no disk flush on the event loop at all.
+  (``outbox_fsync="delivery"``): no disk flush on the event loop at all (the driver's
+  default).
 
 With ``--pace-ms`` > 0 the results are spaced like a study's (epochs take seconds; default
 0 = back to back, the worst case for the background path: its thread competes for the GIL).

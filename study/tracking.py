@@ -27,7 +27,8 @@ So here:
 * Delivery off Ray's event loop (``delivery="background"``, the default with a file outbox):
   the hot-path writes -- :meth:`StudyTracker.trial_run`, ``log_result``, ``close_trial``,
   ``log_trial_text``, ``log_trial_artifact`` -- only append their record to the outbox
-  (durable once appended: one fsynced line) and wake one delivery thread, which replays the
+  (written at once, so it survives the driver; fsynced by the delivery thread before it is
+  delivered, so no disk flush stalls Ray's loop) and wake one delivery thread, which replays the
   outbox in order exactly like an outage replay. So Ray's callback returns in about a
   millisecond instead of waiting for MLflow (a SQLite ``log_batch`` of one result commits
   several transactions). Order holds because there is one journal and one replayer at a time:
@@ -172,11 +173,12 @@ class StudyTracker:
             applied in the calling thread; ``"auto"`` (default) -- ``$KDSTUDY_MLFLOW_DELIVERY``
             if set, else background with a file outbox and sync with an in-memory one (without
             a durable journal, queued results would die with the driver).
-        outbox_fsync: ``"append"`` (default) -- each outbox line is fsynced before the write
-            returns; ``"delivery"`` -- written at once (survives a crash of the driver) and
-            fsynced by the delivery thread before it is delivered (a machine crash can lose
-            the last lines not yet fsynced; keeps disk latency off Ray's event loop). Default
-            from ``$KDSTUDY_OUTBOX_FSYNC``.
+        outbox_fsync: ``"append"`` -- each outbox line is fsynced before the write returns
+            (the default with sync delivery); ``"delivery"`` -- written at once (survives a
+            crash of the driver) and fsynced by the delivery thread before it is delivered (a
+            machine crash can lose the lines of the last moment not yet fsynced; keeps disk
+            latency off Ray's event loop; the default with background delivery). Default
+            from ``$KDSTUDY_OUTBOX_FSYNC`` when set.
 
     The constructor contacts MLflow once to create the experiment; if MLflow is down this is
     deferred to the first successful write. Every public write returns normally during an
@@ -196,16 +198,19 @@ class StudyTracker:
         delivery: str = "auto",
         outbox_fsync: str | None = None,
     ) -> None:
-        if outbox_fsync is None:
-            outbox_fsync = os.environ.get(OUTBOX_FSYNC_ENV, "").strip() or "append"
-        if outbox_fsync not in ("append", "delivery"):
-            raise ValueError(f"outbox_fsync must be 'append' or 'delivery': {outbox_fsync!r}")
         if delivery == "auto":
             delivery = os.environ.get(DELIVERY_ENV, "").strip() or "auto"
         if delivery not in DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {list(DELIVERY_MODES)}: {delivery!r}")
         if delivery == "auto":
             delivery = "sync" if outbox_path is None else "background"
+        if outbox_fsync is None:
+            # the delivery thread fsyncs what it is about to deliver: no disk flush on Ray's
+            # event loop (benchmarks/bench_driver.py: p95 8 ms -> 2 ms under disk load)
+            default = "delivery" if delivery == "background" else "append"
+            outbox_fsync = os.environ.get(OUTBOX_FSYNC_ENV, "").strip() or default
+        if outbox_fsync not in ("append", "delivery"):
+            raise ValueError(f"outbox_fsync must be 'append' or 'delivery': {outbox_fsync!r}")
         self._config: dict[str, Any] = {
             "tracking_uri": tracking_uri,
             "experiment_name": experiment_name,
