@@ -59,19 +59,13 @@ class _Refused(Exception):
 def _check(spec: StudySpec, args: argparse.Namespace, teachers_dir: Path, out: DryRun) -> None:
     from study.teacher_checkpoint import CheckpointError, load_teacher
     from study.teacher_registry import _check_split, _read_registry_entry, registry_folder
-    from trainables.data import load_data
+    from trainables.data import load_configured
 
     typed = spec.trial_config
     data, arch = typed.data, typed.teacher.arch
     # -- data: what the driver loads for the teacher and the cost matrix ---------------
     try:
-        bundle = load_data(
-            data.dataset,
-            root=data.root,
-            val_fraction=data.val_fraction,
-            split_seed=data.split_seed,
-            max_per_class=data.max_per_class,
-        )
+        bundle = load_configured(data, offline=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise _Refused(f"trial.data.dataset: {_one_line(exc)}") from None
     out.checked.append(

@@ -73,6 +73,15 @@ def route_ray_logs(storage: Path, *, verbose: bool) -> Path:
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = verbose
+    # MLflow's own errors (a SQLAlchemy traceback per failed write during an outage or on a
+    # full disk): the tracker queues the write and says so in one line; details in the log
+    mlflow_logger = logging.getLogger("mlflow")
+    if not verbose:
+        for h in list(mlflow_logger.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                mlflow_logger.removeHandler(h)
+        mlflow_logger.propagate = False
+    mlflow_logger.addHandler(handler)
     return log_file
 
 

@@ -660,7 +660,12 @@ class StudyTracker:
         self._last_failure = time.monotonic()
         if not self._in_outage:
             self._in_outage = True
-            logger.warning(
+            from study.storage_faults import storage_fault
+
+            # a full or read-only local store is the study's storage fault, which the driver
+            # reports in one line of its own (study/storage_faults.py), not an outage
+            logger.log(
+                logging.INFO if storage_fault(exc) else logging.WARNING,
                 "MLflow at %s unreachable (%s: %s); queueing writes in %s, retrying every %.0f s",
                 self.tracking_uri,
                 type(exc).__name__,

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,8 @@ from tests.conftest import shared_teachers
 from tests.test_study_e2e import ENV, REPO, RUN, check_structure, runs_of
 
 SPACE = str(REPO / "search_spaces" / "quickstart.yaml")
+#: a short search alone: 3 trials of 6 epochs, no baselines, no final runs
+SEARCH_ONLY = ("--num-samples", "3", "--max-epochs", "6", "--skip-baselines", "--skip-final")
 #: the first study of the module may train the teacher first
 FIRST_PHASE_TIMEOUT_S = 900
 
@@ -99,6 +101,25 @@ def running_line(phase: str):  # noqa: ANN201
     return lambda line: line.lstrip().startswith(f"[{phase} ") and "running:" in line
 
 
+def fault_during_search(
+    proc: subprocess.Popen, inject: Callable[[], object], seen: list[str], timeout: float
+) -> float:
+    """Once a trial of the search runs, ``inject`` a fault; seconds until the driver exited
+    (its stdout drained into ``seen``; the driver is killed if it outlives ``timeout``)."""
+    try:
+        wait_for_line(proc, running_line("search"), seen)
+        inject()
+        t0 = time.time()
+        assert proc.stdout is not None
+        seen.extend(proc.stdout)
+        proc.wait(timeout=timeout)
+        return time.time() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_the_first_signal_in_a_tune_run_goes_to_tune_a_second_one_stops_at_once() -> None:
     """The handler's logic without Ray: ``tune_run`` stands for ``fit()``, the lambda for
     the handler ``tune.run`` installs on SIGUSR1."""
@@ -134,8 +155,7 @@ def test_sigint_in_the_search_stops_it_and_resume_finishes_it(
     tmp_path: Path, teachers: Path
 ) -> None:
     storage = tmp_path / "st"
-    extra = ["--num-samples", "3", "--max-epochs", "6", "--skip-baselines", "--skip-final"]
-    cmd = [*study_cmd(storage, teachers), *extra]
+    cmd = [*study_cmd(storage, teachers), *SEARCH_ONLY]
     err = tmp_path / "stderr.txt"
     proc = start(cmd, tmp_path, err, ENV)
     seen: list[str] = []
@@ -281,18 +301,8 @@ def test_mlflow_down_until_the_end_fails_and_the_named_command_delivers(
     err = tmp_path / "stderr.txt"
     proc = start(cmd, tmp_path, err, env)
     seen: list[str] = []
-    try:
-        wait_for_line(proc, running_line("search"), seen)  # parent and trial runs exist
-        mlflow_server["stop"]()  # and it stays down until the study ends
-        t0 = time.time()
-        assert proc.stdout is not None
-        seen.extend(proc.stdout)
-        proc.wait(timeout=300)
-        after_kill = time.time() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # parent and trial runs exist; then MLflow stays down until the study ends
+    after_kill = fault_during_search(proc, mlflow_server["stop"], seen, timeout=300)
     out, stderr = "".join(seen), err.read_text()
     assert proc.returncode == 1, out + stderr
     assert "retrying for up to 3 s" in stderr, stderr

@@ -282,13 +282,15 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
         "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
         "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
+        "PGPASSWORD": password,
     }
     mlflow = h.spawn(
         h.a,
         [MLFLOW, "server", "--host", h.addr_a, "--port", str(MLFLOW_PORT), "--workers", "1"]
         + [
             "--backend-store-uri",
-            f"postgresql+psycopg2://mlflow:{password}@{h.addr_a}:{PG_PORT}/mlflow",
+            # the password from $PGPASSWORD (libpq), not on a command line `ps` shows
+            f"postgresql+psycopg2://mlflow@{h.addr_a}:{PG_PORT}/mlflow",
         ]
         + ["--serve-artifacts", "--artifacts-destination", str(storage_root / "mlartifacts")]
         + ["--app-name", "basic-auth"]

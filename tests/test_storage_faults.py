@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import time
@@ -27,11 +26,11 @@ from study.storage_faults import EXIT_STORAGE, StorageFault, fault_line, probe, 
 from tests.conftest import shared_teachers
 from tests.test_interrupts import (
     ENV,
+    SEARCH_ONLY,
+    fault_during_search,
     run_named_command,
-    running_line,
     start,
     study_cmd,
-    wait_for_line,
 )
 from tests.test_study_e2e import check_structure
 
@@ -143,23 +142,15 @@ def test_a_disk_that_fills_during_the_search_stops_the_study_and_resume_finishes
     small_disk: Path, tmp_path: Path
 ) -> None:
     storage = small_disk / "st"
-    extra = ["--num-samples", "3", "--max-epochs", "6", "--skip-baselines", "--skip-final"]
-    cmd = [*study_cmd(storage, shared_teachers()), *extra]
+    cmd = [*study_cmd(storage, shared_teachers()), *SEARCH_ONLY]
     err = tmp_path / "stderr.txt"
     proc = start(cmd, tmp_path, err, ENV)
     seen: list[str] = []
-    try:
-        wait_for_line(proc, running_line("search"), seen)  # trials are running
-        filler = fill(small_disk)
-        t_full = time.time()
-        assert proc.stdout is not None
-        seen.extend(proc.stdout)
-        proc.wait(timeout=180)
-        stopped_after = time.time() - t_full
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    filled: list[Path] = []
+    stopped_after = fault_during_search(
+        proc, lambda: filled.append(fill(small_disk)), seen, timeout=180
+    )
+    (filler,) = filled
     out, stderr = "".join(seen), err.read_text()
     assert proc.returncode == EXIT_STORAGE, out[-3000:] + stderr[-3000:]
     assert stopped_after < 60, f"stopped {stopped_after:.0f}s after the disk filled"

@@ -29,12 +29,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 # re-exported: the public names of trainables.data before the registry moved out
+if TYPE_CHECKING:
+    from trainables.config import DataConfig
+
 from trainables.datasets import (  # noqa: F401
     _CACHE_VERSION,
     CIFAR10_PRESET,
@@ -170,6 +174,21 @@ def load_data(
         val_fraction=val_fraction,
         name=name,
         split_digest=digest,
+    )
+
+
+def load_configured(d: DataConfig, *, final: bool = False, offline: bool = False) -> DataBundle:
+    """:func:`load_data` with a trial's ``data`` section. ``offline``: no download and no
+    decoded-image cache written (``--dry-run`` writes nothing)."""
+    return load_data(
+        d.dataset,
+        root=d.root,
+        val_fraction=d.val_fraction,
+        split_seed=d.split_seed,
+        final=final,
+        download=d.download and not offline,
+        max_per_class=d.max_per_class,
+        cache_dir=None if offline else d.cache_dir,
     )
 
 

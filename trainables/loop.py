@@ -33,7 +33,7 @@ import torch.nn.functional as torch_f
 from torch import Tensor, nn
 
 from trainables.config import TrialConfig
-from trainables.data import BatchLoader, DataBundle, load_data
+from trainables.data import BatchLoader, DataBundle, load_configured
 from trainables.losses import LOSSES, Criterion, Term
 from trainables.losses import functional as F
 from trainables.models import build as build_model
@@ -143,16 +143,7 @@ class TrialSetup:
 def setup_trial(cfg: TrialConfig, device: torch.device | None = None) -> TrialSetup:
     device = device or pick_device(cfg.device)
     d = cfg.data
-    data = load_data(
-        d.dataset,
-        root=d.root,
-        val_fraction=d.val_fraction,
-        split_seed=d.split_seed,
-        final=cfg.final,
-        download=d.download,
-        max_per_class=d.max_per_class,
-        cache_dir=d.cache_dir,
-    )
+    data = load_configured(d, final=cfg.final)
     C, in_ch = data.num_classes, data.in_channels
     cost = None
     if cfg.cost.path:
