@@ -174,7 +174,14 @@ def recover_from_staging(exp_dir: Path, key: bytes) -> Path | None:
         staging = Path((exp_dir / STAGING_NOTE).read_text().strip())
     except (OSError, UnicodeDecodeError):
         return None
-    if not staging.is_absolute() or not staging.is_dir() or staging == exp_dir:
+    # Ray's layout: <session>/artifacts/<timestamp>/<experiment>/driver_artifacts; another
+    # experiment's (or study's) staging copy, though signed, is not this experiment's state
+    if (
+        not staging.is_absolute()
+        or staging.name != "driver_artifacts"
+        or staging.parent.name != exp_dir.name
+        or not staging.is_dir()
+    ):
         return None
     try:
         verify(staging, key)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from study.cli_checks import without_userinfo
+from study.ray_phases import ray_address
 from study.spec import StudySpec
 
 #: what a teacher checkpoint may be (appended to every teacher refusal)
@@ -106,10 +107,9 @@ def _check(spec: StudySpec, args: argparse.Namespace, teachers_dir: Path, out: D
             raise _Refused(teacher_missing_line(arch, data.dataset, teachers_dir))
     # -- resources: one trial on this machine (a cluster is asked when the study joins it)
     res = spec.resources
-    if args.address:
-        out.skipped.append(
-            f"resources: checked against the cluster at {args.address} when the study joins it"
-        )
+    address = ray_address(args)
+    if address:
+        _check_cluster_resources(address, res, out)
     else:
         _check_local_resources(res, out)
     # -- MLflow: a server answers its health check (no experiment or run is created) ----
@@ -122,6 +122,22 @@ def _check(spec: StudySpec, args: argparse.Namespace, teachers_dir: Path, out: D
     else:
         out.skipped.append("MLflow store: not opened (a dry run creates no file)")
     out.skipped.append("training, the cost matrix and Ray: a dry run starts nothing")
+
+
+def _check_cluster_resources(address: str, res: dict[str, float], out: DryRun) -> None:
+    from study.ray_phases import cluster_resource_check
+
+    try:
+        problem, alive = cluster_resource_check(address, res)
+    except Exception as exc:  # a cluster that refuses us (token, version) says why
+        raise _Refused(f"--address {address}: cannot join the cluster: {_one_line(exc)}") from None
+    if problem:
+        raise _Refused(problem)
+    asked = " + ".join(f"{v:g} {k}" for k, v in res.items() if v > 0) or "nothing"
+    out.checked.append(
+        f"resources: {asked} per trial fit a node of the cluster at {address} "
+        f"({alive} alive node(s))"
+    )
 
 
 def _check_local_resources(res: dict[str, float], out: DryRun) -> None:

@@ -9,6 +9,7 @@ auth environment (``secure_ray_env``) before anything imports Ray.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +47,8 @@ def start_ray(address: str | None) -> None:
     env.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if address:
-        ray.init(address=address, log_to_driver=False)
+        # WARNING: not Ray's "Connecting to existing Ray cluster" lines (the study says it)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         # "local": always a private instance. Without it Ray attaches to any cluster a
         # `ray start` left on this machine (its address file under /tmp/ray), and a study
@@ -54,6 +56,23 @@ def start_ray(address: str | None) -> None:
         ray.init(
             address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
         )
+
+
+def cluster_resource_check(address: str, per_trial: dict[str, float]) -> tuple[str | None, int]:
+    """``--dry-run`` on a cluster: join it as a driver (nothing is started on it), check
+    that one trial fits a node (:func:`study.resources.check_resources`), leave. Returns the
+    problem line (None when it fits) and the number of alive nodes."""
+    import ray
+
+    from study.resources import check_resources, cluster_nodes
+
+    start_ray(address)
+    try:
+        nodes = cluster_nodes()
+        alive = sum(1 for n in nodes if n.get("Alive", n.get("alive", False)))
+        return check_resources(per_trial, nodes), alive
+    finally:
+        ray.shutdown()
 
 
 def route_ray_logs(storage: Path, *, verbose: bool) -> Path:

@@ -414,6 +414,25 @@ def test_study_across_two_network_namespaces(tmp_path: Path, hosts: Hosts) -> No
         "or $MLFLOW_TRACKING_TOKEN)"
     ], r.stderr
     assert not storage.exists()
+    # --dry-run joins the cluster to check resources (and MLflow with the credentials)
+    r = h.run(h.a, [*cmd, "--dry-run"], {**CLUSTER_ENV, **logged_in}, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    checked = [x for x in r.stdout.splitlines() if x.startswith("checked: ")]
+    assert (
+        "checked: resources: 1 cpu + 1 kd_worker per trial fit a node of the cluster at "
+        f"{h.addr_a}:{RAY_PORT} (2 alive node(s))"
+    ) in checked, r.stdout[-3000:]
+    assert f"checked: MLflow server {uri} answers" in checked
+    big = tmp_path / "too-big.yaml"
+    big.write_text(space.read_text().replace("kd_worker: 1}", "kd_worker: 3}"))
+    big_cmd = [*cmd, "--dry-run"]
+    big_cmd[big_cmd.index(str(space))] = str(big)
+    r = h.run(h.a, big_cmd, {**CLUSTER_ENV, **logged_in}, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: resources.custom.kd_worker: a trial asks for 3 kd_worker; ")
+    assert not storage.exists()
     t0 = time.monotonic()
     r = h.run(h.a, cmd, {**CLUSTER_ENV, **logged_in}, timeout=300, cwd=tmp_path)
     t_study = time.monotonic() - t0

@@ -179,6 +179,51 @@ def test_sign_and_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             integrity.verify(bad, k)
 
 
+def test_a_torn_copy_is_restored_only_from_this_experiments_verified_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that filled while Ray copied its staging folder into the study directory left
+    the copy torn (seen: an empty signature manifest, a missing searcher pickle). --resume
+    restores it from the staging folder the note names, only if that is this experiment's
+    folder and every file in it verifies; anything else changes nothing."""
+    monkeypatch.setenv("KDSTUDY_STATE_KEY", str(tmp_path / "cfg" / "state.key"))
+    key = integrity.load_key(create=True)
+
+    def staging(name: str) -> Path:
+        folder = tmp_path / "session" / "artifacts" / "ts" / name / "driver_artifacts"
+        folder.mkdir(parents=True)
+        (folder / "experiment_state-1.json").write_text('{"trial_data": [1, 2]}')
+        (folder / "searcher-state-1.pkl").write_bytes(b"searcher")
+        integrity.sign_staged_state(folder, key)
+        return folder
+
+    exp = tmp_path / "study" / "ray" / "search"
+    exp.mkdir(parents=True)
+    good = staging("search")
+    (exp / "experiment_state-1.json").write_text('{"trial_data": [1')  # torn
+    (exp / integrity.STAGED_MANIFEST).write_bytes(b"")
+    torn = sorted((p.name, p.read_bytes()) for p in exp.iterdir())
+    with pytest.raises(integrity.IntegrityError):
+        integrity.verify(exp, key)
+    assert integrity.recover_from_staging(exp, key) is None  # no note: nothing to use
+    for bad in ("other-experiment", "changed"):
+        folder = staging("baselines") if bad == "other-experiment" else good
+        if bad == "changed":
+            (folder / "searcher-state-1.pkl").write_bytes(b"planted")
+        (exp / integrity.STAGING_NOTE).write_text(str(folder))
+        assert integrity.recover_from_staging(exp, key) is None, bad
+        assert sorted((p.name, p.read_bytes()) for p in exp.iterdir() if p.suffix != ".txt") == (
+            torn
+        )
+    (good / "searcher-state-1.pkl").write_bytes(b"searcher")
+    integrity.sign_staged_state(good, key)
+    (exp / integrity.STAGING_NOTE).write_text(str(good))
+    assert integrity.recover_from_staging(exp, key) == good
+    integrity.verify(exp, key)
+    assert (exp / "searcher-state-1.pkl").read_bytes() == b"searcher"
+    assert (exp / "experiment_state-1.json").read_text() == '{"trial_data": [1, 2]}'
+
+
 def _planted_study(tmp_path: Path) -> tuple[Path, Path]:
     spec = load_spec(QUICKSTART)
     storage = tmp_path / "study"
