@@ -238,6 +238,79 @@ def test_sigterm_in_the_baselines_starts_no_search_and_resume_finishes(
     )
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc): the driver's raylet, its workers, ..."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def _trial_workers(driver: int) -> list[int]:
+    """The Ray worker processes of this driver's private Ray that run a trial."""
+    found = []
+    for pid in _descendants(driver):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith("ray::ImplicitFunc"):
+            found.append(pid)
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_trial_worker_is_retried_and_the_study_finishes(
+    tmp_path: Path, teachers: Path
+) -> None:
+    """SIGKILL to the Ray worker process training a trial (an OOM kill, a lost node): Ray
+    retries the trial from its checkpoint (``failure.max_failures``, default 2), the study
+    ends 0 with one FINISHED MLflow run per trial and says nothing about it on the console
+    beyond the trial's progress lines."""
+    storage = tmp_path / "st"
+    cmd = [*study_cmd(storage, teachers), *SEARCH_ONLY]
+    err = tmp_path / "stderr.txt"
+    proc = start(cmd, tmp_path, err, ENV)
+    seen: list[str] = []
+    try:
+        wait_for_line(proc, running_line("search"), seen)
+        workers = _trial_workers(proc.pid)
+        assert workers, "no trial worker found below the driver"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        assert proc.stdout is not None
+        seen.extend(proc.stdout)
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out, stderr = "".join(seen), err.read_text()
+    assert proc.returncode == 0, out[-3000:] + stderr[-3000:]
+    assert "Traceback" not in out + stderr, stderr[-3000:]
+    done = check_structure(storage, "quickstart", 3, 0)
+    assert {c.info.status for c in done} == {"FINISHED"}, [
+        (c.data.tags["trial_id"], c.info.status) for c in done
+    ]
+    for c in done:  # each trial ran to the end or was stopped by ASHA, not cut short
+        complete = int(c.data.metrics["training_iteration"]) == 6
+        assert complete or c.data.tags.get("stopped_early") == "true", c.data
+    # the killed attempt is on record (Ray's error text) in the run of the retried trial
+    client, _, _ = runs_of(storage, "quickstart")
+    retried = [c for c in done if client.list_artifacts(c.info.run_id, "errors")]
+    assert retried, "no run records the killed attempt"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
