@@ -159,13 +159,8 @@ def test_sigint_in_the_search_stops_it_and_resume_finishes_it(
     err = tmp_path / "stderr.txt"
     proc = start(cmd, tmp_path, err, ENV)
     seen: list[str] = []
-    try:
-        wait_for_line(proc, running_line("search"), seen)  # a trial is running
-        elapsed = stop_with(proc, signal.SIGINT, seen)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # once a trial is running
+    elapsed = fault_during_search(proc, lambda: os.kill(proc.pid, signal.SIGINT), seen, 60)
     out, stderr = "".join(seen), err.read_text()
     assert proc.returncode == 130, out + stderr
     assert elapsed < 20, f"stopped {elapsed:.1f}s after SIGINT"
@@ -282,19 +277,14 @@ def test_a_killed_trial_worker_is_retried_and_the_study_finishes(
     err = tmp_path / "stderr.txt"
     proc = start(cmd, tmp_path, err, ENV)
     seen: list[str] = []
-    try:
-        wait_for_line(proc, running_line("search"), seen)
+
+    def kill_workers() -> None:
         workers = _trial_workers(proc.pid)
         assert workers, "no trial worker found below the driver"
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
-        assert proc.stdout is not None
-        seen.extend(proc.stdout)
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+
+    fault_during_search(proc, kill_workers, seen, timeout=600)
     out, stderr = "".join(seen), err.read_text()
     assert proc.returncode == 0, out[-3000:] + stderr[-3000:]
     assert "Traceback" not in out + stderr, stderr[-3000:]
