@@ -38,13 +38,10 @@ import io
 import logging
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
@@ -59,6 +56,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from study.callbacks import MLflowStudyCallback  # noqa: E402
 from study.tracking import STEP_KEY, StudyTracker  # noqa: E402
+from tests.mlflow_server import MlflowServer  # noqa: E402
 
 MODES = ("sync", "background", "background+deferred-fsync")
 
@@ -215,54 +213,16 @@ def run_mode(
     return per_result, drain, times, experiment
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def mlflow_server(workdir: Path) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{workdir / 'server.db'}",
-        "--artifacts-destination",
-        str(workdir / "server-artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(workdir / "server.log", "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+    server = MlflowServer(
+        workdir / "server.db", workdir / "server-artifacts", workdir / "server.log"
+    )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((workdir / "server.log").read_text()[-2000:])
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        yield url
+        server.start()
+        yield server.uri
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        server.stop()
 
 
 def report(store: str, results: dict[str, tuple[list[float], float, Any, str]]) -> None:

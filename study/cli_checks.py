@@ -86,20 +86,24 @@ def check_flags(args: Any, storage: Path) -> str | None:
         problem = _dir_problem(Path(args.teachers_dir).resolve())
         if problem:
             return f"--teachers-dir: {problem} (a writable directory; created if missing)"
-    if args.tracking_uri is not None:
-        problem = _uri_problem(args.tracking_uri, TRACKING_SCHEMES)
+    for flag, uri, schemes, allowed in (
+        (
+            "--tracking-uri",
+            args.tracking_uri,
+            TRACKING_SCHEMES,
+            "an MLflow server http(s)://host:port, or a store URI: sqlite:///path.db, "
+            "postgresql://..., mysql://..., file:///dir",
+        ),
+        (
+            "--optuna-storage",
+            args.optuna_storage,
+            OPTUNA_SCHEMES,
+            "an RDB URL: sqlite:///path.db, postgresql://..., mysql://...",
+        ),
+    ):
+        problem = None if uri is None else _uri_problem(uri, schemes)
         if problem:
-            return (
-                f"--tracking-uri: {problem} (allowed: an MLflow server http(s)://host:port, or "
-                "a store URI: sqlite:///path.db, postgresql://..., mysql://..., file:///dir)"
-            )
-    if args.optuna_storage is not None:
-        problem = _uri_problem(args.optuna_storage, OPTUNA_SCHEMES)
-        if problem:
-            return (
-                f"--optuna-storage: {problem} (allowed: an RDB URL: sqlite:///path.db, "
-                "postgresql://..., mysql://...)"
-            )
+            return f"{flag}: {problem} (allowed: {allowed})"
     return None
 
 

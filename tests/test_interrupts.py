@@ -18,11 +18,9 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import pytest
 
 from study.interrupts import TUNE_SIGINT_ENV, StopSignals, StudyInterrupted
 from tests.conftest import shared_teachers
+from tests.mlflow_server import MlflowServer
 from tests.test_study_e2e import ENV, REPO, RUN, check_structure, runs_of
 
 SPACE = str(REPO / "search_spaces" / "quickstart.yaml")
@@ -301,55 +300,17 @@ def test_a_killed_trial_worker_is_retried_and_the_study_finishes(
     assert retried, "no run records the killed attempt"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[dict]:
     """An ``mlflow server`` on a free port over ``<tmp>/st/mlflow.db`` (so the tests read
     its runs from the file, up or down); ``start()``/``stop()`` it at will."""
-    port = free_port()
     db = tmp_path / "st" / "mlflow.db"
     db.parent.mkdir()
-    server: dict = {"uri": f"http://127.0.0.1:{port}", "proc": None}
-    env = {**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
-    cmd = [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{db}"]
-    cmd += ["--artifacts-destination", str(tmp_path / "artifacts")]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-
-    def start_server() -> None:
-        log = (tmp_path / "mlflow_server.log").open("a")
-        proc = subprocess.Popen(
-            cmd, cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True
-        )
-        server["proc"] = proc
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, (tmp_path / "mlflow_server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{server['uri']}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail("mlflow server did not start")
-
-    def stop_server() -> None:
-        proc = server["proc"]
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the server and its workers, at once
-            proc.wait(timeout=30)
-        server["proc"] = None
-
-    server["start"], server["stop"] = start_server, stop_server
+    server = MlflowServer(db, tmp_path / "artifacts", tmp_path / "mlflow_server.log", env=ENV)
     try:
-        yield server
+        yield {"uri": server.uri, "start": server.start, "stop": server.stop}
     finally:
-        stop_server()
+        server.stop()
 
 
 @pytest.mark.slow

@@ -11,11 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +26,7 @@ from study.tracking import (
     StudyTracker,
     flatten_params,
 )
+from tests.mlflow_server import MlflowServer, free_port
 
 EXPERIMENT = "kd-tests"
 
@@ -327,12 +324,6 @@ def test_invalid_arguments_are_rejected(store: str, exp: str) -> None:
 # -- outage ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture()
 def fast_failing_http(monkeypatch: pytest.MonkeyPatch) -> None:
     # Without this MLflow retries a dead server for minutes (7 retries, exponential backoff).
@@ -343,7 +334,7 @@ def fast_failing_http(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_outage_in_memory_outbox_never_raises(
     fast_failing_http: None, caplog: pytest.LogCaptureFixture, exp: str
 ) -> None:
-    tracker = StudyTracker(f"http://127.0.0.1:{_free_port()}", exp, "study-f")
+    tracker = StudyTracker(f"http://127.0.0.1:{free_port()}", exp, "study-f")
     assert tracker.experiment_id is None
     assert tracker.open_study(run_name="s", params={"a": 1}, tags={}, texts={}) is None
     assert tracker.trial_run("t", run_name="t", params={}, tags={}) is None
@@ -360,53 +351,13 @@ def test_outage_in_memory_outbox_never_raises(
 @pytest.fixture()
 def mlflow_server(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     """Yields (url, start): the server is started on demand and always killed afterwards."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> None:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path.resolve() / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ]
-        log = open(tmp_path / "server.log", "wb")  # the child keeps its own copy
-        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True))
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if procs[0].poll() is not None:
-                raise RuntimeError((tmp_path / "server.log").read_text()[-2000:])
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError("mlflow server did not become healthy")
-
+    server = MlflowServer(
+        tmp_path / "server.db", tmp_path / "server-artifacts", tmp_path / "server.log"
+    )
     try:
-        yield url, start
+        yield server.uri, server.start
     finally:
-        for proc in procs:
-            # The server runs in its own session (uvicorn/gunicorn workers): end the group.
-            try:
-                os.killpg(proc.pid, 15)
-                proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, 9)
-                proc.wait(timeout=10)
+        server.stop()
 
 
 @pytest.mark.slow
