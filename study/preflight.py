@@ -59,7 +59,7 @@ class _Refused(Exception):
 
 def _check(spec: StudySpec, args: argparse.Namespace, teachers_dir: Path, out: DryRun) -> None:
     from study.teacher_checkpoint import CheckpointError, load_teacher
-    from study.teacher_registry import _check_split, _read_registry_entry, registry_folder
+    from study.teacher_registry import find_teacher, registry_folder
     from trainables.data import load_configured
 
     typed = spec.trial_config
@@ -88,9 +88,10 @@ def _check(spec: StudySpec, args: argparse.Namespace, teachers_dir: Path, out: D
     else:
         folder = registry_folder(teachers_dir, data.dataset, arch)
         try:
-            info = _read_registry_entry(folder, data.dataset, arch)
+            info = find_teacher(
+                teachers_dir, data.dataset, arch, data.val_fraction, data.split_seed
+            )
             if info is not None:
-                _check_split(info, data.val_fraction, data.split_seed)
                 load_teacher(
                     arch, bundle.num_classes, info.ckpt_path, in_channels=bundle.in_channels
                 )

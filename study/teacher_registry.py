@@ -196,6 +196,23 @@ def _missing_teacher_message(
     )
 
 
+def find_teacher(
+    teachers_dir: str | os.PathLike[str],
+    dataset: str,
+    arch: str,
+    val_fraction: float,
+    split_seed: int,
+) -> TeacherInfo | None:
+    """The complete registry entry for (``dataset``, ``arch``), or None; an entry trained
+    on another tuning split, or whose weights changed, raises :class:`TeacherCheckpointError`.
+    Reads only (``--dry-run`` and the fast path of :func:`get_or_train_teacher`)."""
+    folder = registry_folder(teachers_dir, dataset, arch)
+    info = _read_registry_entry(folder, dataset, arch)
+    if info is not None:
+        _check_split(info, val_fraction, split_seed)
+    return info
+
+
 def get_or_train_teacher(
     dataset: str,
     arch: str,
@@ -225,10 +242,7 @@ def get_or_train_teacher(
     may_train = dataset == EMBEDDED_DATASET if allow_train is None else allow_train
 
     def existing() -> TeacherInfo | None:
-        info = _read_registry_entry(folder, dataset, arch)
-        if info is not None:
-            _check_split(info, val_fraction, split_seed)
-        return info
+        return find_teacher(teachers_dir, dataset, arch, val_fraction, split_seed)
 
     # Fast path without the lock: a complete entry is immutable once written.
     if not retrain:
